@@ -1,0 +1,15 @@
+"""Periodic housekeeping run by the worker's beat."""
+
+import logging
+
+from celery import shared_task
+
+log = logging.getLogger(__name__)
+
+
+@shared_task(name="loopsite.tasks.sweep_stale_work")
+def sweep_stale_work() -> None:
+    """Re-enqueue or fail work whose worker vanished, so nothing stays stuck."""
+    from runs.work import sweep_runs
+
+    sweep_runs()

@@ -1,0 +1,318 @@
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+from django.db.models import F
+from django.urls import reverse
+from django.utils import timezone
+
+REQUIRED_ARTIFACTS = [
+    "summary_answer.md",
+    "investment_memo.md",
+    "risk_register.json",
+    "open_questions.md",
+    "citations.json",
+    "evidence_table.csv",
+]
+
+
+class Harness(models.Model):
+    """One version of the agent's harness: prompt, model settings, tool policy."""
+
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        PROMOTED = "promoted", "Promoted"
+        RETIRED = "retired", "Retired"
+
+    version = models.CharField(max_length=40, unique=True, help_text="A label such as v001.")
+    system_prompt = models.TextField()
+    model_settings = models.JSONField(default=dict, blank=True)
+    tool_policy = models.JSONField(default=dict, blank=True)
+    eval_metadata = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT, db_index=True)
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "harnesses"
+
+    def __str__(self) -> str:
+        return self.version
+
+    def get_absolute_url(self) -> str:
+        return reverse("runs:harness-detail", args=[self.version])
+
+    @property
+    def required_artifacts(self) -> list[str]:
+        return list(self.tool_policy.get("required_artifacts") or REQUIRED_ARTIFACTS)
+
+    @property
+    def agent_model(self) -> str:
+        return self.model_settings.get("agent_model") or settings.OPENAI_AGENT_MODEL
+
+    def build_instructions(self) -> str:
+        """The agent's instructions, assembled as the seed's `build_instructions` does."""
+        return "\n\n".join([
+            self.system_prompt,
+            format_policy_section("Tool policy", self.tool_policy),
+            f"Runtime config:\n- Config version: `{self.version}`.\n"
+            "- Treat this config as the promoted runtime contract.\n"
+            "- Do not modify the runtime config during the run.",
+        ]) + "\n"
+
+    def as_config(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "system_prompt": self.system_prompt,
+            "model_settings": self.model_settings,
+            "tool_policy": self.tool_policy,
+            "eval_metadata": self.eval_metadata,
+        }
+
+
+def format_policy_section(title: str, policy: dict[str, Any]) -> str:
+    lines = [f"{title}:"]
+    for key, value in policy.items():
+        lines.extend(_format_policy_value(key, value))
+    return "\n".join(lines)
+
+
+def _format_policy_value(key: str, value: Any, indent: int = 0) -> list[str]:
+    prefix = "  " * indent
+    if isinstance(value, dict):
+        lines = [f"{prefix}- {key}:"]
+        for child_key, child_value in value.items():
+            lines.extend(_format_policy_value(child_key, child_value, indent + 1))
+        return lines
+    if isinstance(value, list):
+        lines = [f"{prefix}- {key}:"]
+        for item in value:
+            if isinstance(item, dict):
+                lines.append(f"{prefix}  -")
+                for child_key, child_value in item.items():
+                    lines.extend(_format_policy_value(child_key, child_value, indent + 2))
+            else:
+                lines.append(f"{prefix}  - {item}")
+        return lines
+    return [f"{prefix}- {key}: {value}"]
+
+
+class Dataroom(models.Model):
+    """A set of files the agent reads. File contents live in the database."""
+
+    name = models.CharField(max_length=120, unique=True)
+    description = models.TextField(blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    file_count = models.PositiveIntegerField(default=0)
+    total_bytes = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def get_absolute_url(self) -> str:
+        return reverse("runs:dataroom-detail", args=[self.pk])
+
+
+class DataroomFile(models.Model):
+    dataroom = models.ForeignKey(Dataroom, on_delete=models.CASCADE, related_name="files")
+    path = models.CharField(max_length=500, help_text="Relative path inside the dataroom, with forward slashes.")
+    content = models.BinaryField()
+    size = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["path"]
+        constraints = [models.UniqueConstraint(fields=["dataroom", "path"], name="dataroom_file_path_unique")]
+
+    def __str__(self) -> str:
+        return self.path
+
+    def text(self) -> str:
+        return bytes(self.content).decode("utf-8", errors="replace")
+
+
+class Question(models.Model):
+    text = models.TextField(unique=True)
+    bank_index = models.PositiveIntegerField(null=True, blank=True, help_text="Position in the question bank.")
+    is_default = models.BooleanField(default=False, help_text="Preselected when starting a batch.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = [F("bank_index").asc(nulls_last=True), "id"]
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class Batch(models.Model):
+    """Runs started together: one harness, one dataroom, several questions."""
+
+    harness = models.ForeignKey(Harness, on_delete=models.PROTECT, related_name="batches")
+    dataroom = models.ForeignKey(Dataroom, on_delete=models.PROTECT, related_name="batches")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "batches"
+
+    def __str__(self) -> str:
+        return f"Batch {self.pk} ({self.harness.version})"
+
+
+class Run(models.Model):
+    """One agent run: harness version + dataroom + question."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    ACTIVE_STATUSES = (Status.QUEUED, Status.RUNNING)
+
+    harness = models.ForeignKey(Harness, on_delete=models.PROTECT, related_name="runs")
+    dataroom = models.ForeignKey(Dataroom, on_delete=models.PROTECT, related_name="runs")
+    question = models.ForeignKey(Question, on_delete=models.PROTECT, related_name="runs")
+    batch = models.ForeignKey(Batch, null=True, blank=True, on_delete=models.SET_NULL, related_name="runs")
+    label = models.CharField(max_length=40, blank=True, help_text="Human-readable trace label, e.g. trace-01.")
+    trace_id = models.CharField(max_length=32, unique=True, help_text="32 hex characters, as in the exported spans.")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    # Task state lives here; the broker is transport only.
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    # What the run produced.
+    final_answer = models.TextField(blank=True)
+    model_name = models.CharField(max_length=120, blank=True)
+    endpoint = models.CharField(max_length=300, blank=True)
+    used_standin = models.BooleanField(default=False)
+    input_tokens = models.PositiveIntegerField(default=0)
+    output_tokens = models.PositiveIntegerField(default=0)
+    total_tokens = models.PositiveIntegerField(default=0)
+    model_calls = models.PositiveIntegerField(default=0)
+    tool_calls = models.PositiveIntegerField(default=0)
+    agent_seconds = models.FloatField(null=True, blank=True, help_text="Wall time of the agent itself.")
+    evidence_coverage = models.JSONField(null=True, blank=True, help_text="check_evidence_coverage.py result.")
+    output_contract = models.JSONField(null=True, blank=True, help_text="validate_output_contract.py result.")
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["status", "heartbeat_at"], name="run_status_heartbeat_idx"),
+            models.Index(fields=["harness", "status"], name="run_harness_status_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Run {self.pk} {self.label or ''} ({self.harness.version})".replace("  ", " ")
+
+    def get_absolute_url(self) -> str:
+        return reverse("runs:detail", args=[self.pk])
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE_STATUSES
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.started_at and self.finished_at:
+            return (self.finished_at - self.started_at).total_seconds()
+        return None
+
+    @property
+    def evidence_passed(self) -> bool | None:
+        return None if self.evidence_coverage is None else bool(self.evidence_coverage.get("passed"))
+
+    @property
+    def contract_passed(self) -> bool | None:
+        return None if self.output_contract is None else bool(self.output_contract.get("passed"))
+
+    @staticmethod
+    def new_trace_id() -> str:
+        import uuid
+
+        return uuid.uuid4().hex
+
+    def claim(self) -> bool:
+        """Take a queued run for this worker. False if someone else has it or it is done."""
+        now = timezone.now()
+        claimed = Run.objects.filter(pk=self.pk, status=Run.Status.QUEUED).update(
+            status=Run.Status.RUNNING, attempts=F("attempts") + 1, started_at=now, heartbeat_at=now,
+            finished_at=None, last_error="",
+        )
+        if claimed:
+            self.refresh_from_db()
+        return bool(claimed)
+
+    def beat(self) -> None:
+        Run.objects.filter(pk=self.pk, status=Run.Status.RUNNING).update(heartbeat_at=timezone.now())
+
+    def fail(self, error: str) -> None:
+        self.status = Run.Status.FAILED
+        self.last_error = error[-8000:]
+        self.finished_at = timezone.now()
+        self.save(update_fields=["status", "last_error", "finished_at"])
+
+
+class Span(models.Model):
+    """One span of a run's trace, stored as the HALO JSONL line it was exported as."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="spans")
+    position = models.PositiveIntegerField(help_text="Order in the exported JSONL file.")
+    span_id = models.CharField(max_length=64)
+    parent_span_id = models.CharField(max_length=64, blank=True)
+    name = models.CharField(max_length=300)
+    observation_kind = models.CharField(max_length=40, blank=True)
+    start_time = models.DateTimeField(null=True, blank=True)
+    end_time = models.DateTimeField(null=True, blank=True)
+    is_error = models.BooleanField(default=False)
+    data = models.JSONField(help_text="The whole HALO JSONL line.")
+
+    class Meta:
+        ordering = ["run", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "position"], name="span_run_position_unique"),
+        ]
+        indexes = [models.Index(fields=["run", "span_id"], name="span_run_span_id_idx")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def duration_ms(self) -> float | None:
+        if self.start_time and self.end_time:
+            return (self.end_time - self.start_time).total_seconds() * 1000
+        return None
+
+    @property
+    def attributes(self) -> dict[str, Any]:
+        return self.data.get("attributes") or {}
+
+
+class Artifact(models.Model):
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="artifacts")
+    name = models.CharField(max_length=200)
+    content = models.TextField()
+    size = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["run", "name"]
+        constraints = [models.UniqueConstraint(fields=["run", "name"], name="artifact_run_name_unique")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def kind(self) -> str:
+        return self.name.rsplit(".", 1)[-1].lower() if "." in self.name else "txt"

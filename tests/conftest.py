@@ -1,0 +1,46 @@
+import pytest
+from django.contrib.auth.models import Group
+
+
+def _user(django_user_model, username: str, *roles: str):
+    user = django_user_model.objects.create_user(username=username, password="pw-" + username)
+    for role in roles:
+        user.groups.add(Group.objects.get(name=role))
+    return user
+
+
+@pytest.fixture
+def reviewer(django_user_model):
+    return _user(django_user_model, "rita", "reviewer")
+
+
+@pytest.fixture
+def reviewer2(django_user_model):
+    return _user(django_user_model, "rory", "reviewer")
+
+
+@pytest.fixture
+def approver(django_user_model):
+    return _user(django_user_model, "april", "approver")
+
+
+@pytest.fixture
+def engineer(django_user_model):
+    return _user(django_user_model, "eddie", "engineer")
+
+
+@pytest.fixture
+def outsider(django_user_model):
+    """Logged in, but holds no role."""
+    return _user(django_user_model, "otto")
+
+
+@pytest.fixture
+def client_for(client):
+    """`client_for(user)` logs the test client in as that user."""
+
+    def login(user):
+        client.force_login(user)
+        return client
+
+    return login
