@@ -1,3 +1,5 @@
+pytest_plugins = ["tests.fixtures_standin", "tests.fixtures_worker"]
+
 import pytest
 from django.contrib.auth.models import Group
 

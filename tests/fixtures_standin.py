@@ -1,0 +1,1 @@
+"""Fixtures for the offline stand-in model (see loopsite/standin)."""
