@@ -119,7 +119,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
-    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "var" / "test.sqlite3")}
+    # A file, not memory, so a test's Celery worker subprocess can open the same database.
+    DATABASES["default"]["TEST"] = {"NAME": env_str("TEST_SQLITE_PATH", str(BASE_DIR / "var" / "test.sqlite3"))}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -184,6 +185,15 @@ RUN_MAX_TURNS = env_int("RUN_MAX_TURNS", 30)
 RUN_MAX_ATTEMPTS = env_int("RUN_MAX_ATTEMPTS", 2)
 # A running row whose heartbeat is older than this is taken to have lost its worker.
 WORK_STALE_SECONDS = env_int("WORK_STALE_SECONDS", 90)
+
+# The promptfoo gate (reviews/gate.py): the project's own pinned CLI, a time limit for one
+# gate run, the judge's per-request timeout, and whether the gate starts by itself once every
+# eval proposal of a cycle is decided.
+PROMPTFOO_BIN = env_str("PROMPTFOO_BIN", str(BASE_DIR / "node_modules" / ".bin" / "promptfoo"))
+GATE_TIMEOUT_SECONDS = env_int("GATE_TIMEOUT_SECONDS", 600)
+GATE_JUDGE_TIMEOUT_SECONDS = env_int("GATE_JUDGE_TIMEOUT_SECONDS", 120)
+GATE_POLL_SECONDS = env_int("GATE_POLL_SECONDS", 5)
+AUTO_GATE = env_bool("AUTO_GATE", default=True)
 
 LOGGING = {
     "version": 1,

@@ -1,10 +1,14 @@
+import re
 from typing import Any
 
 from django.conf import settings
-from django.db import models
-from django.db.models import F
+from django.db import models, transaction
+from django.db.models import F, Q
 from django.urls import reverse
 from django.utils import timezone
+
+from loopsite.models import AuditEvent
+from loopsite.roles import APPROVER, ENGINEER, require_role
 
 REQUIRED_ARTIFACTS = [
     "summary_answer.md",
@@ -16,8 +20,27 @@ REQUIRED_ARTIFACTS = [
 ]
 
 
+class HarnessFrozenError(Exception):
+    """A harness version with runs cannot change what its agent was given: create a child instead."""
+
+    def __init__(self, harness: "Harness", fields: list[str]):
+        self.harness, self.fields = harness, fields
+        super().__init__(
+            f"Harness {harness.version} already has runs, so its {', '.join(f.replace('_', ' ') for f in fields)} "
+            f"cannot change. Create a new version from {harness.version} instead."
+        )
+
+
+class HarnessStateError(Exception):
+    """The harness version is not in a state that allows this change."""
+
+
 class Harness(models.Model):
-    """One version of the agent's harness: prompt, model settings, tool policy."""
+    """One version of the agent's harness: prompt, model settings, tool policy.
+
+    A version is immutable once it has runs (`FROZEN_FIELDS`, enforced in `save()`); to change
+    it, create a child (`create_child`). Exactly one version at a time is promoted (`promote`).
+    """
 
     class Status(models.TextChoices):
         DRAFT = "draft", "Draft"
@@ -37,6 +60,9 @@ class Harness(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         verbose_name_plural = "harnesses"
+        constraints = [
+            models.UniqueConstraint(fields=["status"], condition=Q(status="promoted"), name="harness_one_promoted"),
+        ]
 
     def __str__(self) -> str:
         return self.version
@@ -70,6 +96,149 @@ class Harness(models.Model):
             "tool_policy": self.tool_policy,
             "eval_metadata": self.eval_metadata,
         }
+
+    # --- versions: immutability, children, promotion ---------------------------------------
+
+    # What the agent is given (and the label its runs are filed under): fixed once a run exists.
+    FROZEN_FIELDS = ("version", "system_prompt", "model_settings", "tool_policy")
+
+    def save(self, *args, **kwargs) -> None:
+        self._refuse_frozen_change(kwargs.get("update_fields"))
+        super().save(*args, **kwargs)
+
+    def _refuse_frozen_change(self, update_fields) -> None:
+        if self._state.adding or self.pk is None:
+            return
+        fields = [name for name in self.FROZEN_FIELDS if update_fields is None or name in update_fields]
+        if not fields:
+            return
+        stored = Harness.objects.filter(pk=self.pk).values(*fields).first()
+        if stored is None:
+            return
+        changed = [name for name in fields if stored[name] != getattr(self, name)]
+        if changed and Run.objects.filter(harness_id=self.pk).exists():
+            raise HarnessFrozenError(self, changed)
+
+    @property
+    def has_runs(self) -> bool:
+        return Run.objects.filter(harness_id=self.pk).exists()
+
+    def next_version_label(self) -> str:
+        """The next free label after this one: v001 -> v002 (digits keep their width), base -> base-2."""
+        match = re.match(r"^(.*?)(\d+)$", self.version)
+        if match:
+            prefix, number, width = match.group(1), int(match.group(2)), len(match.group(2))
+        else:
+            prefix, number, width = f"{self.version}-", 1, 1
+        taken = set(Harness.objects.filter(version__startswith=prefix).values_list("version", flat=True))
+        while True:
+            number += 1
+            label = f"{prefix}{number:0{width}d}"
+            if label not in taken:
+                return label
+
+    def create_child(self, *, by, version: str, system_prompt: str, tool_policy: dict[str, Any],
+                     model_settings: dict[str, Any], note: str = "", drafted: dict[str, Any] | None = None) -> "Harness":
+        """A new draft version derived from this one (engineers only), audited with its whole config."""
+        require_role(by, ENGINEER)
+        eval_metadata = {
+            **(self.eval_metadata or {}),
+            "version": version,
+            "status": self.Status.DRAFT.value,
+            "created_by": by.get_username(),
+            "parent_version": self.version,
+        }
+        if note:
+            eval_metadata["description"] = note
+        with transaction.atomic():
+            child = Harness.objects.create(
+                version=version, system_prompt=system_prompt, tool_policy=tool_policy, model_settings=model_settings,
+                eval_metadata=eval_metadata, status=self.Status.DRAFT, parent=self, author=by,
+            )
+            AuditEvent.record(
+                actor=by, action="harness.create", obj=child,
+                summary=f"Created harness {version} from {self.version}" + (" (drafted from a handoff)" if drafted else ""),
+                after={**child.as_config(), "parent": self.version, "drafted_with": drafted or None},
+            )
+        return child
+
+    def edit_config(self, *, by, system_prompt: str, tool_policy: dict[str, Any], model_settings: dict[str, Any]) -> list[str]:
+        """Change a draft that has no runs yet (engineers only). Returns the changed field names."""
+        require_role(by, ENGINEER)
+        wanted = {"system_prompt": system_prompt, "tool_policy": tool_policy, "model_settings": model_settings}
+        with transaction.atomic():
+            locked = Harness.objects.select_for_update().get(pk=self.pk)
+            if locked.status != self.Status.DRAFT:
+                raise HarnessStateError(
+                    f"Harness {locked.version} is {locked.get_status_display().lower()}: only a draft can be edited. "
+                    f"Create a new version from it instead."
+                )
+            changed = [name for name, value in wanted.items() if getattr(locked, name) != value]
+            if changed and locked.has_runs:
+                raise HarnessFrozenError(locked, changed)
+            if not changed:
+                return []
+            before = locked.as_config()
+            for name in changed:
+                setattr(locked, name, wanted[name])
+            locked.save(update_fields=changed)
+            AuditEvent.record(
+                actor=by, action="harness.edit", obj=locked,
+                summary=f"Edited {', '.join(changed)} of draft harness {locked.version}",
+                before={name: before[name] for name in changed}, after={name: wanted[name] for name in changed},
+            )
+        for name in changed:
+            setattr(self, name, wanted[name])
+        return changed
+
+    def _set_status(self, status: str) -> list[str]:
+        self.status = status
+        if isinstance(self.eval_metadata, dict) and "status" in self.eval_metadata:
+            self.eval_metadata = {**self.eval_metadata, "status": str(status)}
+            return ["status", "eval_metadata"]
+        return ["status"]
+
+    def promote(self, *, by, comparison=None, override_reason: str = "") -> None:
+        """Make this the promoted version (approvers only) and retire the one it replaces.
+
+        Refused (`promotion.PromotionRefused`) while `comparison` (a `promotion.Comparison` of
+        this candidate against the baseline) reports a case that passes on the baseline and
+        fails, or was not run, on the candidate, or when there is no comparison at all, unless
+        `override_reason` is given; the reason is kept in the audit log.
+        """
+        from .promotion import PromotionRefused, check_promotion
+
+        require_role(by, APPROVER)
+        override_reason = (override_reason or "").strip()
+        with transaction.atomic():
+            locked = Harness.objects.select_for_update().get(pk=self.pk)
+            if locked.status == self.Status.PROMOTED:
+                raise PromotionRefused(f"Harness {locked.version} is already the promoted version.")
+            check_promotion(candidate=locked, comparison=comparison, override_reason=override_reason)
+            previous = list(Harness.objects.select_for_update().filter(status=self.Status.PROMOTED).exclude(pk=locked.pk))
+            for old in previous:
+                old.save(update_fields=old._set_status(self.Status.RETIRED))
+                AuditEvent.record(
+                    actor=by, action="harness.retire", obj=old,
+                    summary=f"Retired harness {old.version}: {locked.version} was promoted",
+                    before={"status": self.Status.PROMOTED.value},
+                    after={"status": self.Status.RETIRED.value, "replaced_by": locked.version},
+                )
+            before = {"status": locked.status, "previous_promoted": [old.version for old in previous]}
+            locked.save(update_fields=locked._set_status(self.Status.PROMOTED))
+            summary = f"Promoted harness {locked.version}" + (f", retiring {previous[0].version}" if previous else "")
+            if override_reason:
+                summary += f" (override: {override_reason})"
+            AuditEvent.record(
+                actor=by, action="harness.promote", obj=locked, summary=summary, before=before,
+                after={
+                    "status": self.Status.PROMOTED.value,
+                    "retired": [old.version for old in previous],
+                    "comparison": comparison.summary() if comparison is not None else None,
+                    "override_reason": override_reason or None,
+                },
+            )
+        self.status, self.eval_metadata = locked.status, locked.eval_metadata
 
 
 def format_policy_section(title: str, policy: dict[str, Any]) -> str:

@@ -1,0 +1,20 @@
+from django.urls import include, path
+
+from . import views
+
+app_name = "reviews"
+
+urlpatterns = [
+    path("cycles/", views.cycle_list, name="cycle-list"),
+    path("cycles/new/", views.cycle_create, name="cycle-create"),
+    path("cycles/<int:pk>/", views.cycle_detail, name="cycle-detail"),
+    path("cycles/<int:pk>/next/", views.next_run, name="next-run"),
+    path("cycles/<int:pk>/runs/<int:run_pk>/assign/", views.assign, name="assign"),
+    path("cycles/<int:pk>/runs/<int:run_pk>/unassign/<int:user_pk>/", views.unassign, name="unassign"),
+    path("cycles/<int:pk>/runs/<int:run_pk>/feedback/", views.feedback_edit, name="feedback-edit"),
+    path("cycles/<int:pk>/runs/<int:run_pk>/claim-check/", views.claim_check, name="claim-check"),
+    path("cycles/<int:pk>/runs/<int:run_pk>/approve/", views.run_approve, name="run-approve"),
+    path("feedback/<int:pk>/send-back/", views.send_back, name="send-back"),
+    path("feedback/<int:pk>/history/", views.feedback_history, name="feedback-history"),
+    path("", include("reviews.eval_views")),  # part 2: generation status, eval proposals, the suite
+]

@@ -1,0 +1,449 @@
+from dataclasses import dataclass, field
+
+from django.contrib import messages
+from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied
+from django.db import transaction
+from django.db.models import Prefetch
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+from django_htmx.http import trigger_client_event
+
+from loopsite.roles import APPROVER, ENGINEER, REVIEWER, has_role, require_role
+from runs.models import Run
+
+from .forms import AssignForm, FeedbackDraft, NewCycleForm, SendBackForm, merged_content
+from .models import (
+    Cycle,
+    Feedback,
+    FeedbackItem,
+    FeedbackStateError,
+    ReviewAssignment,
+    StaleFeedbackError,
+    approve_run,
+    can_see_others_feedback,
+    get_or_create_feedback,
+)
+from .trace import find_claim, trace_context
+
+ANY_ROLE = (REVIEWER, APPROVER, ENGINEER)
+
+
+def _get_cycle(request, pk: int) -> Cycle:
+    require_role(request.user, *ANY_ROLE)
+    return get_object_or_404(Cycle.objects.select_related("harness"), pk=pk)
+
+
+def _get_cycle_run(request, pk: int, run_pk: int) -> tuple[Cycle, Run]:
+    cycle = _get_cycle(request, pk)
+    run = get_object_or_404(cycle.runs.select_related("harness", "question", "dataroom"), pk=run_pk)
+    return cycle, run
+
+
+def _int(value, default: int = 0) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _with_items():
+    return Prefetch("items", queryset=FeedbackItem.objects.order_by("position", "id"))
+
+
+# --- cycles -----------------------------------------------------------------------------------
+
+
+def cycle_list(request, form: NewCycleForm | None = None):
+    require_role(request.user, *ANY_ROLE)
+    cycles = Cycle.objects.select_related("harness", "created_by")[:100]
+    can_create = has_role(request.user, ENGINEER, APPROVER)
+    return render(request, "reviews/cycle_list.html", {
+        "rows": [(cycle, cycle.progress()) for cycle in cycles],
+        "form": (form or NewCycleForm()) if can_create else None,
+    })
+
+
+@require_POST
+def cycle_create(request):
+    require_role(request.user, ENGINEER, APPROVER)
+    form = NewCycleForm(request.POST)
+    if not form.is_valid():
+        return cycle_list(request, form=form)
+    cycle = Cycle.objects.create_from_runs(runs=form.cleaned_data["runs"], name=form.cleaned_data["name"], user=request.user)
+    messages.success(request, f"Cycle “{cycle.name}” created.")
+    return redirect(cycle)
+
+
+@dataclass
+class QueueRow:
+    run: Run
+    assignees: list = field(default_factory=list)
+    feedback: list[Feedback] = field(default_factory=list)
+    merged: Feedback | None = None
+    mine: Feedback | None = None
+    assign_form: AssignForm | None = None
+
+    @property
+    def is_reviewed(self) -> bool:
+        return any(fb.status in Feedback.REVIEWED_STATUSES for fb in self.feedback)
+
+    @property
+    def is_approved(self) -> bool:
+        return self.merged is not None and self.merged.status == Feedback.Status.APPROVED
+
+    @property
+    def has_submissions(self) -> bool:
+        return self.is_reviewed
+
+    STATE_LABELS = {
+        "approved": "Approved", "submitted": "Submitted", "sent_back": "Sent back",
+        "draft": "In progress", "unreviewed": "Not started",
+    }
+
+    @property
+    def state_label(self) -> str:
+        return self.STATE_LABELS[self.state]
+
+    @property
+    def state(self) -> str:
+        if self.is_approved:
+            return "approved"
+        if self.is_reviewed:
+            return "submitted"
+        if any(fb.status == Feedback.Status.SENT_BACK for fb in self.feedback):
+            return "sent_back"
+        if self.feedback:
+            return "draft"
+        return "unreviewed"
+
+
+def _queue_rows(cycle: Cycle, user, runs) -> list[QueueRow]:
+    runs = list(runs)
+    run_ids = [run.pk for run in runs]
+    rows = {run.pk: QueueRow(run=run) for run in runs}
+    for assignment in ReviewAssignment.objects.filter(cycle=cycle, run_id__in=run_ids).select_related("reviewer"):
+        rows[assignment.run_id].assignees.append(assignment.reviewer)
+    for feedback in Feedback.objects.filter(cycle=cycle, run_id__in=run_ids).select_related("reviewer"):
+        row = rows[feedback.run_id]
+        if feedback.is_merged:
+            row.merged = feedback
+        else:
+            row.feedback.append(feedback)
+            if feedback.reviewer_id == user.pk:
+                row.mine = feedback
+    if has_role(user, ENGINEER, APPROVER):
+        for row in rows.values():
+            row.assign_form = AssignForm(exclude_ids=[u.pk for u in row.assignees], auto_id=f"id_%s_{row.run.pk}")
+    return [rows[pk] for pk in run_ids]
+
+
+def _queue_context(request, cycle: Cycle) -> dict:
+    user = request.user
+    return {
+        "cycle": cycle,
+        "rows": _queue_rows(cycle, user, cycle.runs_with_state()),
+        "progress": cycle.progress(),
+        "next_run": cycle.next_run_for(user) if has_role(user, REVIEWER) else None,
+        "is_reviewer": has_role(user, REVIEWER),
+        "is_approver": has_role(user, APPROVER),
+        "can_assign": has_role(user, ENGINEER, APPROVER),
+    }
+
+
+def cycle_detail(request, pk: int):
+    """The review queue. HTMX requests (refreshes after changes) get only the queue."""
+    cycle = _get_cycle(request, pk)
+    context = _queue_context(request, cycle)
+    if request.htmx:
+        return render(request, "reviews/cycle_detail.html#queue", context)
+    return render(request, "reviews/cycle_detail.html", context)
+
+
+@require_GET
+def next_run(request, pk: int):
+    cycle = _get_cycle(request, pk)
+    require_role(request.user, REVIEWER)
+    run = cycle.next_run_for(request.user)
+    if run is None:
+        messages.info(request, "Nothing left to review in this cycle: every run assigned to you has your submitted feedback.")
+        return redirect(cycle)
+    return redirect("reviews:feedback-edit", cycle.pk, run.pk)
+
+
+def _queue_row_response(request, cycle: Cycle, run: Run, *, error: str = ""):
+    if not request.htmx:
+        if error:
+            messages.error(request, error)
+        return redirect(cycle)
+    row = _queue_rows(cycle, request.user, [run])[0]
+    response = render(request, "reviews/cycle_detail.html#queue-row", {
+        "cycle": cycle, "row": row, "assign_error": error, "can_assign": True,
+        "is_reviewer": has_role(request.user, REVIEWER), "is_approver": has_role(request.user, APPROVER),
+    })
+    return trigger_client_event(response, "assignmentChanged") if not error else response
+
+
+@require_POST
+def assign(request, pk: int, run_pk: int):
+    cycle, run = _get_cycle_run(request, pk, run_pk)
+    require_role(request.user, ENGINEER, APPROVER)
+    taken = ReviewAssignment.objects.filter(cycle=cycle, run=run).values_list("reviewer_id", flat=True)
+    form = AssignForm(request.POST, exclude_ids=list(taken))
+    if not form.is_valid():
+        return _queue_row_response(request, cycle, run, error="Choose a reviewer who is not assigned yet.")
+    cycle.assign(run=run, reviewer=form.cleaned_data["reviewer"], by=request.user)
+    return _queue_row_response(request, cycle, run)
+
+
+@require_POST
+def unassign(request, pk: int, run_pk: int, user_pk: int):
+    cycle, run = _get_cycle_run(request, pk, run_pk)
+    require_role(request.user, ENGINEER, APPROVER)
+    reviewer = get_object_or_404(get_user_model(), pk=user_pk)
+    cycle.unassign(run=run, reviewer=reviewer, by=request.user)
+    return _queue_row_response(request, cycle, run)
+
+
+# --- the feedback editor (a reviewer's own feedback, or the approver's merged feedback) ----------
+
+
+@dataclass
+class Outcome:
+    """What happened to one POST of the editor."""
+
+    saved: bool = False
+    note: str = ""
+    conflict: Feedback | None = None
+
+
+def _editor_context(request, *, cycle: Cycle, run: Run, mode: str, feedback: Feedback | None,
+                    draft: FeedbackDraft, outcome: Outcome | None = None) -> dict:
+    merged = mode == "merged"
+    if merged:
+        post_url = reverse("reviews:run-approve", args=[cycle.pk, run.pk])
+        editable = has_role(request.user, APPROVER)
+    else:
+        post_url = reverse("reviews:feedback-edit", args=[cycle.pk, run.pk])
+        editable = feedback is None or feedback.is_editable
+    if not editable and feedback is not None:
+        draft = FeedbackDraft.from_feedback(feedback, run=run)
+    others = []
+    if not merged and can_see_others_feedback(request.user, cycle=cycle, run=run):
+        others = list(
+            Feedback.objects.filter(cycle=cycle, run=run, status__in=Feedback.REVIEWED_STATUSES)
+            .exclude(reviewer=request.user, is_merged=False)
+            .select_related("reviewer", "approved_by").prefetch_related(_with_items())
+        )
+    outcome = outcome or Outcome()
+    return {
+        "cycle": cycle, "run": run, "mode": mode, "feedback": feedback, "draft": draft,
+        "editable": editable, "post_url": post_url, "outcome": outcome,
+        "version": feedback.version if feedback is not None else 0,
+        "claim_check_url": reverse("reviews:claim-check", args=[cycle.pk, run.pk]),
+        "others": others, "blind": not merged and not others and not can_see_others_feedback(request.user, cycle=cycle, run=run),
+        "themes": list(Feedback.objects.exclude(theme="").order_by("theme").values_list("theme", flat=True).distinct()[:50]),
+        "own_review": merged and Feedback.objects.filter(
+            cycle=cycle, run=run, reviewer=request.user, is_merged=False, status__in=Feedback.REVIEWED_STATUSES
+        ).exists(),
+    }
+
+
+EMPTY_CONTENT = {"summary": "", "theme": "", "verdict": "", "items": []}
+
+
+def _editor_post(request, *, cycle: Cycle, run: Run, mode: str, feedback: Feedback | None):
+    """Apply one editor action: save (autosave), add/remove/up/down a row, submit or approve, overwrite."""
+    op = request.POST.get("op") or "save"
+    action, _, arg = op.partition(":")
+    draft = FeedbackDraft.from_post(request.POST, run=run)
+    version = _int(request.POST.get("version"))
+    if action == "overwrite":
+        version = _int(arg, -1)
+    if action == "add":
+        draft.add(arg)
+    elif action == "remove":
+        draft.remove(_int(arg, -1))
+    elif action in ("up", "down"):
+        draft.move(_int(arg, -1), -1 if action == "up" else 1)
+    finishing = action in ("submit", "approve")
+    outcome = Outcome()
+
+    if not draft.is_valid(complete=finishing):
+        outcome.note = "Not saved: fix the marked fields."
+    else:
+        try:
+            feedback, outcome = _persist(request, cycle=cycle, run=run, mode=mode, feedback=feedback,
+                                         draft=draft, action=action, version=version)
+        except StaleFeedbackError as exc:
+            outcome.conflict = Feedback.objects.prefetch_related(_with_items()).get(pk=exc.feedback.pk)
+            outcome.note = "Not saved: a newer version of this feedback was saved elsewhere."
+        except FeedbackStateError as exc:
+            feedback = Feedback.objects.get(pk=feedback.pk) if feedback is not None else None
+            outcome.note = f"Not saved: {exc}"
+            outcome.conflict = feedback
+
+    if not request.htmx:
+        if outcome.saved and action != "save" and action not in ("add", "remove", "up", "down", "overwrite"):
+            messages.success(request, outcome.note)
+            return redirect(cycle if mode == "merged" else reverse("reviews:feedback-edit", args=[cycle.pk, run.pk]))
+        if outcome.saved and action in ("save", "overwrite"):
+            return redirect(request.path)
+        return _editor_page(request, cycle=cycle, run=run, mode=mode, feedback=feedback, draft=draft, outcome=outcome)
+
+    if action == "save":
+        context = _editor_context(request, cycle=cycle, run=run, mode=mode, feedback=feedback, draft=draft, outcome=outcome)
+        response = render(request, "reviews/_feedback_form.html#save-result", context)
+    else:
+        if outcome.saved and finishing:
+            feedback = Feedback.objects.prefetch_related(_with_items()).get(pk=feedback.pk)
+            draft = FeedbackDraft.from_feedback(feedback, run=run)
+        context = _editor_context(request, cycle=cycle, run=run, mode=mode, feedback=feedback, draft=draft, outcome=outcome)
+        response = render(request, "reviews/_feedback_form.html", context)
+    if outcome.saved and feedback is not None:
+        event = {"submit": "feedbackSubmitted", "approve": "feedbackApproved"}.get(action, "feedbackSaved")
+        response = trigger_client_event(response, event, {"feedback": feedback.pk, "version": feedback.version})
+    return response
+
+
+def _persist(request, *, cycle, run, mode, feedback, draft, action, version) -> tuple[Feedback | None, Outcome]:
+    user = request.user
+    content = draft.content()
+    outcome = Outcome(saved=True)
+    if mode == "merged" and action == "approve":
+        feedback = approve_run(cycle=cycle, run=run, by=user, content=content, version=version)
+        outcome.note = f"Feedback on {run.label or run} approved."
+        return feedback, outcome
+    if feedback is None and content == EMPTY_CONTENT and not draft.rows:
+        outcome.note = "Nothing to save yet."
+        return None, outcome
+    with transaction.atomic():
+        if feedback is None:
+            feedback = get_or_create_feedback(cycle=cycle, run=run, user=user, merged=mode == "merged")
+        changed = feedback.save_content(by=user, content=content, version=version)
+        outcome.note = "Saved." if changed else "Saved (no changes)."
+        if action == "submit":
+            if feedback.status in Feedback.REVIEWED_STATUSES:
+                outcome.note = "Already submitted."
+            else:
+                feedback.submit(by=user)
+                outcome.note = "Submitted for approval."
+    return feedback, outcome
+
+
+def _editor_page(request, *, cycle, run, mode, feedback, draft, outcome=None):
+    context = _editor_context(request, cycle=cycle, run=run, mode=mode, feedback=feedback, draft=draft, outcome=outcome)
+    context.update(trace_context(run))
+    if mode == "merged":
+        context["submissions"] = _submissions(cycle, run)
+        context["send_back_form"] = SendBackForm()
+        return render(request, "reviews/run_approve.html", context)
+    return render(request, "reviews/feedback_edit.html", context)
+
+
+def feedback_edit(request, pk: int, run_pk: int):
+    """The current reviewer's feedback on a run: GET the page, POST editor actions."""
+    cycle, run = _get_cycle_run(request, pk, run_pk)
+    require_role(request.user, REVIEWER)
+    feedback = (
+        Feedback.objects.filter(cycle=cycle, run=run, reviewer=request.user, is_merged=False)
+        .prefetch_related(_with_items()).first()
+    )
+    if request.method == "POST":
+        return _editor_post(request, cycle=cycle, run=run, mode="review", feedback=feedback)
+    draft = FeedbackDraft.from_feedback(feedback, run=run)
+    return _editor_page(request, cycle=cycle, run=run, mode="review", feedback=feedback, draft=draft)
+
+
+@require_GET
+def claim_check(request, pk: int, run_pk: int):
+    """Whether the run's answer or artifacts already contain a prohibited claim as typed."""
+    cycle, run = _get_cycle_run(request, pk, run_pk)
+    require_role(request.user, REVIEWER, APPROVER)
+    text = " ".join(request.GET.get("item_text", "").split())
+    hits = find_claim(run, text) if len(text) >= 3 else None
+    return render(request, "reviews/_feedback_form.html#claim-check", {"hits": hits, "text": text, "run": run})
+
+
+# --- approval -----------------------------------------------------------------------------------
+
+
+def _submissions(cycle: Cycle, run: Run) -> list[Feedback]:
+    """Every reviewer's feedback that has left draft (drafts stay private)."""
+    return list(
+        Feedback.objects.filter(cycle=cycle, run=run, is_merged=False, submitted_at__isnull=False)
+        .select_related("reviewer", "approved_by").prefetch_related(_with_items())
+        .order_by("submitted_at", "pk")
+    )
+
+
+def run_approve(request, pk: int, run_pk: int):
+    """All reviewers' feedback on a run side by side, and the merged feedback the approver approves."""
+    cycle, run = _get_cycle_run(request, pk, run_pk)
+    require_role(request.user, APPROVER)
+    merged = Feedback.objects.filter(cycle=cycle, run=run, is_merged=True).prefetch_related(_with_items()).first()
+    if request.method == "POST":
+        if request.POST.get("op") == "rebuild":
+            return _rebuilt(request, cycle=cycle, run=run, merged=merged)
+        return _editor_post(request, cycle=cycle, run=run, mode="merged", feedback=merged)
+    if merged is not None:
+        draft = FeedbackDraft.from_feedback(merged, run=run)
+    else:
+        sources = [fb for fb in _submissions(cycle, run) if fb.status in Feedback.REVIEWED_STATUSES]
+        draft = FeedbackDraft.from_content(merged_content(sources), run=run) if sources else FeedbackDraft.from_feedback(None, run=run)
+    return _editor_page(request, cycle=cycle, run=run, mode="merged", feedback=merged, draft=draft)
+
+
+def _rebuilt(request, *, cycle, run, merged):
+    """The merged form refilled from the current submissions (saved on the next autosave or approval)."""
+    sources = [fb for fb in _submissions(cycle, run) if fb.status in Feedback.REVIEWED_STATUSES]
+    draft = (FeedbackDraft.from_content(merged_content(sources), run=run) if sources
+             else FeedbackDraft.from_post(request.POST, run=run))
+    outcome = Outcome(note="Refilled from the submitted feedback; not saved yet.")
+    if not request.htmx:
+        return _editor_page(request, cycle=cycle, run=run, mode="merged", feedback=merged, draft=draft, outcome=outcome)
+    context = _editor_context(request, cycle=cycle, run=run, mode="merged", feedback=merged, draft=draft, outcome=outcome)
+    return render(request, "reviews/_feedback_form.html", context)
+
+
+@require_POST
+def send_back(request, pk: int):
+    feedback = get_object_or_404(
+        Feedback.objects.select_related("cycle", "run", "reviewer"), pk=pk, is_merged=False
+    )
+    require_role(request.user, APPROVER)
+    form = SendBackForm(request.POST)
+    error = ""
+    if form.is_valid():
+        try:
+            feedback.send_back(by=request.user, comment=form.cleaned_data["comment"])
+        except FeedbackStateError as exc:
+            error = str(exc)
+    cycle, run = feedback.cycle, feedback.run
+    if not request.htmx:
+        if error or form.errors:
+            messages.error(request, error or "Say what needs changing before sending feedback back.")
+        else:
+            messages.success(request, f"Feedback sent back to {feedback.reviewer.get_username()}.")
+        return redirect("reviews:run-approve", cycle.pk, run.pk)
+    feedback = Feedback.objects.select_related("reviewer", "approved_by").prefetch_related(_with_items()).get(pk=feedback.pk)
+    response = render(request, "reviews/run_approve.html#reviewer-card", {
+        "fb": feedback, "cycle": cycle, "run": run, "send_back_form": form if form.errors else SendBackForm(),
+        "error": error,
+    })
+    if not error and form.is_valid():
+        response = trigger_client_event(response, "feedbackSentBack", {"feedback": feedback.pk})
+    return response
+
+
+@require_GET
+def feedback_history(request, pk: int):
+    feedback = get_object_or_404(Feedback.objects.select_related("cycle", "run", "reviewer"), pk=pk)
+    require_role(request.user, *ANY_ROLE)
+    own = feedback.reviewer_id == request.user.pk and not feedback.is_merged
+    shared = feedback.is_merged or feedback.submitted_at is not None
+    if not own and not (shared and can_see_others_feedback(request.user, cycle=feedback.cycle, run=feedback.run)):
+        raise PermissionDenied("This feedback is not yours, and blind review hides it until you submit your own.")
+    revisions = feedback.revisions.select_related("by")
+    return render(request, "reviews/feedback_history.html", {"feedback": feedback, "revisions": revisions})

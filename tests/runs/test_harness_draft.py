@@ -1,0 +1,242 @@
+"""Draft from handoff: the stand-in's readable rules, the model call with its one repair, the editor."""
+
+import html as html_lib
+import json
+import re
+
+import pytest
+from django.conf import settings
+from django.urls import reverse
+
+from loopsite.models import AuditEvent
+from loopsite.standin import harness_drafter
+from loopsite.standin.rules import (
+    CERTIFICATION_PRECISION, PARENT_ACCOUNT_ROLLUP, SOURCE_OF_TRUTH_METRICS, UNVALIDATED_ESTIMATES, active_rule_ids,
+)
+from reviews.validation import SchemaError
+from runs.handoffs import DraftError, draft_from_handoff, validate_proposal
+from runs.models import Harness
+
+from .ui_builders import make_harness
+
+SAMPLE = json.loads((settings.BASE_DIR / "runs" / "sample" / "harness_v001.json").read_text(encoding="utf-8"))
+
+# A small handoff in HALO's shape. Its top three changes name two rules: parent-account rollup
+# (by title, with its sentence quoted) and certification precision (sentence quoted; rule_id in the
+# JSON). Two other rules appear only outside the top three: rank 4 in the table and the JSON, and
+# the detailed recommendations. Those must not be added.
+HANDOFF = f"""## Executive summary
+
+Harness `v001` misses parent-account exposure and repeats sales wording about SOC 2.
+
+## Top 3 changes to implement first
+
+1. **Add to the prompt: {PARENT_ACCOUNT_ROLLUP.title}.** The harness prompt does not state this rule.
+   Add this sentence to the system prompt: "{PARENT_ACCOUNT_ROLLUP.sentence}"
+   Evidence: human feedback (trace-02), failing gate row `concentration-parent`.
+2. **Stop repeating sales wording about certifications.** Reviewers flagged "SOC 2 complete".
+   Add this sentence to the system prompt: “{CERTIFICATION_PRECISION.sentence}”
+3. **Keep the approved evals as the regression suite.** Run them on every candidate.
+
+## Ranked recommendation table
+
+| Rank | Recommendation | Impact |
+| ---: | --- | --- |
+| 1 | Add to the prompt: {PARENT_ACCOUNT_ROLLUP.title} | High |
+| 2 | Stop repeating sales wording about certifications | High |
+| 3 | Keep the approved evals as the regression suite | Medium |
+| 4 | Add to the prompt: {UNVALIDATED_ESTIMATES.title} | Medium |
+
+## Detailed recommendations
+
+Later, consider rule `source_of_truth_metrics` ({SOURCE_OF_TRUTH_METRICS.title}):
+
+> {SOURCE_OF_TRUTH_METRICS.sentence}
+
+## Machine-readable summary
+
+```json
+{json.dumps({"top_priorities": [
+    {"rank": 1, "title": f"Add to the prompt: {PARENT_ACCOUNT_ROLLUP.title}", "kind": "add_prompt_sentence",
+     "rule_id": "parent_account_rollup", "prompt_sentence": PARENT_ACCOUNT_ROLLUP.sentence},
+    {"rank": 2, "title": "Stop repeating sales wording about certifications", "kind": "add_prompt_sentence",
+     "rule_id": "certification_precision", "prompt_sentence": None},
+    {"rank": 3, "title": "Keep the approved evals as the regression suite", "kind": "regression_suite",
+     "rule_id": None, "prompt_sentence": None},
+    {"rank": 4, "title": f"Add to the prompt: {UNVALIDATED_ESTIMATES.title}", "kind": "add_prompt_sentence",
+     "rule_id": "unvalidated_estimates", "prompt_sentence": UNVALIDATED_ESTIMATES.sentence},
+]}, indent=2)}
+```
+"""
+
+EXPECTED_PROMPT = (
+    SAMPLE["system_prompt"] + "\n\nDiligence rules:\n"
+    f"- {PARENT_ACCOUNT_ROLLUP.sentence}\n- {CERTIFICATION_PRECISION.sentence}"
+)
+
+
+# --- the stand-in's rules (no HTTP) ------------------------------------------------------------------
+
+
+def test_the_drafter_adds_exactly_the_rules_named_in_the_top_changes():
+    result = harness_drafter.draft({"system_prompt": SAMPLE["system_prompt"], "tool_policy": SAMPLE["tool_policy"]},
+                                   HANDOFF)
+    assert result["system_prompt"] == EXPECTED_PROMPT
+    assert result["tool_policy"] == SAMPLE["tool_policy"]
+    assert active_rule_ids(result["system_prompt"]) == {"parent_account_rollup", "certification_precision"}
+    assert "`parent_account_rollup`" in result["rationale"] and "`certification_precision`" in result["rationale"]
+    assert "unvalidated" not in result["rationale"] and "source_of_truth" not in result["rationale"]
+    assert "Left for an engineer (no known rule): Keep the approved evals as the regression suite." in result["rationale"]
+
+
+def test_a_rule_the_prompt_states_is_not_added_twice_and_the_heading_is_reused():
+    prompt = f"Be careful.\n\nDiligence rules:\n- {PARENT_ACCOUNT_ROLLUP.sentence}\n\nOutput rules:\n- Write files."
+    result = harness_drafter.draft({"system_prompt": prompt, "tool_policy": {}}, HANDOFF)
+    assert result["system_prompt"] == (
+        f"Be careful.\n\nDiligence rules:\n- {PARENT_ACCOUNT_ROLLUP.sentence}\n- {CERTIFICATION_PRECISION.sentence}"
+        "\n\nOutput rules:\n- Write files."
+    )
+    assert "Already stated in the prompt, left as is: `parent_account_rollup`." in result["rationale"]
+
+
+def test_the_machine_readable_priorities_alone_name_rules():
+    handoff = "## Machine-readable summary\n\n```json\n" + json.dumps({"top_priorities": [
+        {"rank": 1, "title": "Fix headline metrics", "rule_id": "source_of_truth_metrics"},
+        {"rank": 2, "title": "Estimates", "rule_id": None, "prompt_sentence": UNVALIDATED_ESTIMATES.sentence},
+    ]}) + "\n```\n"
+    result = harness_drafter.draft({"system_prompt": "Base.", "tool_policy": {}}, handoff)
+    assert result["system_prompt"] == (
+        f"Base.\n\nDiligence rules:\n- {SOURCE_OF_TRUTH_METRICS.sentence}\n- {UNVALIDATED_ESTIMATES.sentence}"
+    )
+
+
+def test_a_handoff_naming_no_rule_leaves_the_prompt_alone():
+    handoff = "## Top 3 changes to implement first\n\n1. **Write shorter memos.**\n\n## Ranked recommendation table\n"
+    result = harness_drafter.draft({"system_prompt": "Base.", "tool_policy": {"a": 1}}, handoff)
+    assert (result["system_prompt"], result["tool_policy"]) == ("Base.", {"a": 1})
+    assert result["rationale"].startswith("No rule sentence added")
+
+
+# --- validating a proposal -----------------------------------------------------------------------------
+
+
+def test_a_proposal_must_have_a_prompt_a_policy_object_and_a_rationale():
+    assert validate_proposal({"system_prompt": "P", "tool_policy": '{"a": 1}', "rationale": "r"}) == {
+        "system_prompt": "P", "tool_policy": {"a": 1}, "rationale": "r"}
+    with pytest.raises(SchemaError, match="`system_prompt` must be a non-empty string; `tool_policy` must be a JSON object"):
+        validate_proposal({"system_prompt": " ", "tool_policy": [1], "rationale": ""})
+    with pytest.raises(SchemaError, match="Expected a JSON object"):
+        validate_proposal(["no"])
+
+
+# --- the model call, through the stand-in over HTTP ------------------------------------------------------
+
+
+def test_drafting_through_the_standin_records_model_and_endpoint(standin):
+    proposal = draft_from_handoff(version="v002", system_prompt=SAMPLE["system_prompt"],
+                                  tool_policy=SAMPLE["tool_policy"], handoff=HANDOFF)
+    assert proposal.system_prompt == EXPECTED_PROMPT
+    assert proposal.tool_policy == SAMPLE["tool_policy"]
+    assert (proposal.model_name, proposal.endpoint, proposal.used_standin) == (settings.OPENAI_ANALYSIS_MODEL, standin, True)
+
+
+def test_one_repair_request_fixes_bad_json(standin_broken_once):
+    proposal = draft_from_handoff(version="v002", system_prompt="Base.", tool_policy={}, handoff=HANDOFF)
+    assert proposal.system_prompt.startswith("Base.\n\nDiligence rules:\n")
+
+
+def test_bad_json_after_the_repair_is_a_clear_error(standin_broken):
+    with pytest.raises(DraftError) as excinfo:
+        draft_from_handoff(version="v002", system_prompt="Base.", tool_policy={}, handoff=HANDOFF)
+    assert "was not usable: Invalid JSON" in str(excinfo.value)
+    assert "asked once to correct it" in str(excinfo.value)
+    assert "=== output after the repair request ===" in excinfo.value.raw_output
+
+
+def test_an_empty_handoff_is_refused_before_any_call():
+    with pytest.raises(DraftError, match="There is no handoff to draft from"):
+        draft_from_handoff(version="v002", system_prompt="Base.", tool_policy={}, handoff="  ")
+
+
+# --- the editor --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def v001(db):
+    return make_harness("v001", system_prompt=SAMPLE["system_prompt"], tool_policy=SAMPLE["tool_policy"],
+                        model_settings=SAMPLE["model_settings"], eval_metadata=SAMPLE["eval_metadata"])
+
+
+def editor_data(**overrides):
+    data = {"version": "v002", "note": "", "system_prompt": SAMPLE["system_prompt"],
+            "tool_policy": json.dumps(SAMPLE["tool_policy"]), "agent_model": "gpt-5.5", "reasoning_effort": "medium",
+            "handoff_markdown": HANDOFF, "drafted": "", "action": "draft"}
+    data.update(overrides)
+    return data
+
+
+URL = reverse("runs:harness-new", args=["v001"])
+
+
+def textarea(html: str, name: str) -> str:
+    match = re.search(rf'<textarea name="{name}"[^>]*>\n?(.*?)</textarea>', html, flags=re.DOTALL)
+    return html_lib.unescape(match.group(1))
+
+
+def hidden(html: str, name: str) -> str:
+    return html_lib.unescape(re.search(rf'<input type="hidden" name="{name}" value="([^"]*)"', html).group(1))
+
+
+def test_the_draft_fills_the_editor_shows_the_diff_and_saves(client_for, engineer, v001, standin):
+    client = client_for(engineer)
+    response = client.post(URL, editor_data(), headers={"HX-Request": "true"})
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "<html" not in html and 'data-testid="draft-note"' in html
+    assert textarea(html, "system_prompt") == EXPECTED_PROMPT
+    assert json.loads(textarea(html, "tool_policy")) == SAMPLE["tool_policy"]
+    assert f'<span class="diff-add">+- {PARENT_ACCOUNT_ROLLUP.sentence}</span>' in html
+    assert '<span class="diff-add">+Diligence rules:</span>' in html
+    assert "<h3>Tool policy <span class=\"muted small\">no change</span></h3>" in html
+    drafted = AuditEvent.objects.get(action="harness.draft")
+    assert (drafted.actor, drafted.object_id) == (engineer, str(v001.pk))
+    assert drafted.after["model"] == settings.OPENAI_ANALYSIS_MODEL and drafted.after["endpoint"] == standin
+    assert not Harness.objects.filter(version="v002").exists()  # nothing saved yet
+
+    # The engineer saves what the editor now holds.
+    saved = client.post(URL, editor_data(system_prompt=textarea(html, "system_prompt"),
+                                         tool_policy=textarea(html, "tool_policy"), drafted=hidden(html, "drafted"),
+                                         action="save"))
+    assert saved.status_code == 302
+    child = Harness.objects.get(version="v002")
+    assert child.system_prompt == EXPECTED_PROMPT and child.tool_policy == SAMPLE["tool_policy"]
+    assert active_rule_ids(child.build_instructions()) == {"parent_account_rollup", "certification_precision"}
+    created = AuditEvent.objects.get(action="harness.create")
+    assert created.after["drafted_with"]["model"] == settings.OPENAI_ANALYSIS_MODEL
+    assert created.summary == "Created harness v002 from v001 (drafted from a handoff)"
+
+
+def test_without_htmx_the_draft_fills_the_whole_page(client_for, engineer, v001, standin):
+    response = client_for(engineer).post(URL, editor_data())
+    assert "<html" in response.content.decode()
+    assert response.context["form"]["system_prompt"].value() == EXPECTED_PROMPT
+
+
+def test_a_failed_draft_keeps_the_editor_as_it_was(client_for, engineer, v001, standin_broken):
+    response = client_for(engineer).post(URL, editor_data(system_prompt="My own edit."), headers={"HX-Request": "true"})
+    html = response.content.decode()
+    assert 'data-testid="draft-error"' in html and "was not usable" in html
+    assert textarea(html, "system_prompt") == "My own edit."
+    assert not AuditEvent.objects.filter(action="harness.draft").exists()
+
+
+def test_a_draft_needs_a_valid_policy_first(client_for, engineer, v001, standin):
+    response = client_for(engineer).post(URL, editor_data(tool_policy="{oops"))
+    html = response.content.decode()
+    assert "Fix the errors in the system prompt and tool policy first" in html
+    assert "Not valid JSON" in html and "{oops</textarea>" in html
+
+
+def test_a_draft_without_a_handoff_says_so(client_for, engineer, v001, standin):
+    response = client_for(engineer).post(URL, editor_data(handoff_markdown=""))
+    assert "There is no handoff to draft from: paste one into the handoff panel." in response.content.decode()
