@@ -126,23 +126,15 @@ def make_trace(trace_id: str, spans: int, seed: int = 7) -> list[dict]:
     return lines[:spans]
 
 
-def store_trace(run, jsonl: str) -> int:
-    """Parse JSONL lines into Span rows and bulk-insert them (the mapping runs.runner.load_spans uses)."""
+def store_trace(run, jsonl: str, workdir: Path) -> int:
+    """Store a JSONL trace exactly as the runner does after a run: parse the file, bulk-insert."""
     from runs.models import Span
+    from runs.runner import SPAN_BATCH_SIZE, load_spans
 
-    def parse(value):
-        return datetime.fromisoformat(value[:26] + "+00:00") if value else None
-
-    spans = []
-    for text in jsonl.splitlines():
-        data = json.loads(text)
-        spans.append(Span(
-            run=run, position=len(spans), span_id=data["span_id"][:64], parent_span_id=data["parent_span_id"][:64],
-            name=data["name"][:300], observation_kind=data["attributes"].get("inference.observation_kind", "")[:40],
-            start_time=parse(data["start_time"]), end_time=parse(data["end_time"]),
-            is_error=data["status"]["code"] == "STATUS_CODE_ERROR", data=data,
-        ))
-    Span.objects.bulk_create(spans, batch_size=200)
+    path = workdir / f"trace-{run.pk}.jsonl"
+    path.write_text(jsonl, encoding="utf-8")
+    spans = load_spans(run, path)
+    Span.objects.bulk_create(spans, batch_size=SPAN_BATCH_SIZE)
     return len(spans)
 
 
@@ -221,7 +213,7 @@ def main() -> None:
               f"{len(jsonl.encode()) / 1e6:.2f} MB of JSONL")
 
         start = time.perf_counter()
-        stored = store_trace(run, jsonl)
+        stored = store_trace(run, jsonl, tmp)
         print(f"{'store trace (parse + bulk insert)':<34} {(time.perf_counter() - start) * 1000:7.1f} ms for {stored} spans")
 
         client = Client()

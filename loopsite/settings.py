@@ -183,6 +183,9 @@ OPENAI_HALO_MODEL = env_str("OPENAI_HALO_MODEL", OPENAI_ANALYSIS_MODEL)
 RUN_TIMEOUT_SECONDS = env_int("RUN_TIMEOUT_SECONDS", 900)
 RUN_MAX_TURNS = env_int("RUN_MAX_TURNS", 30)
 RUN_MAX_ATTEMPTS = env_int("RUN_MAX_ATTEMPTS", 2)
+# Per model request inside a run: how long to wait and how often the client retries.
+RUN_REQUEST_TIMEOUT_SECONDS = env_int("RUN_REQUEST_TIMEOUT_SECONDS", 120)
+RUN_MODEL_MAX_RETRIES = env_int("RUN_MODEL_MAX_RETRIES", 2)
 # A running row whose heartbeat is older than this is taken to have lost its worker.
 WORK_STALE_SECONDS = env_int("WORK_STALE_SECONDS", 90)
 
@@ -194,6 +197,16 @@ GATE_TIMEOUT_SECONDS = env_int("GATE_TIMEOUT_SECONDS", 600)
 GATE_JUDGE_TIMEOUT_SECONDS = env_int("GATE_JUDGE_TIMEOUT_SECONDS", 120)
 GATE_POLL_SECONDS = env_int("GATE_POLL_SECONDS", 5)
 AUTO_GATE = env_bool("AUTO_GATE", default=True)
+
+# HALO (reviews/optimization.py): the engine's limits, a time limit for one HALO run (the
+# child is killed after it), consecutive failed model calls before HALO gives up, and whether
+# HALO starts by itself after a cycle's gate succeeds.
+HALO_MAXIMUM_DEPTH = env_int("HALO_MAXIMUM_DEPTH", 1)
+HALO_MAXIMUM_TURNS = env_int("HALO_MAXIMUM_TURNS", 20)
+HALO_MAXIMUM_PARALLEL_SUBAGENTS = env_int("HALO_MAXIMUM_PARALLEL_SUBAGENTS", 2)
+HALO_MAX_LLM_FAILURES = env_int("HALO_MAX_LLM_FAILURES", 3)
+HALO_TIMEOUT_SECONDS = env_int("HALO_TIMEOUT_SECONDS", 900)
+AUTO_HALO = env_bool("AUTO_HALO", default=True)
 
 LOGGING = {
     "version": 1,

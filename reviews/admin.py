@@ -85,3 +85,38 @@ class EvalCaseAdmin(admin.ModelAdmin):
 class EvalCaseRevisionAdmin(admin.ModelAdmin):
     list_display = ["case", "edited_by", "at"]
     raw_id_fields = ["case"]
+
+
+# --- HALO (reviews/optimization.py) ---
+
+from .models import Optimization  # noqa: E402
+
+
+@admin.register(Optimization)
+class OptimizationAdmin(admin.ModelAdmin):
+    list_display = ["id", "cycle", "status", "attempts", "retried", "model_name", "created_at", "finished_at"]
+    list_filter = ["status", "retried"]
+    raw_id_fields = ["cycle", "gate_run", "requested_by"]
+    readonly_fields = ["report", "handoff", "context_stats", "missing_sections"]
+
+
+# --- the gate (reviews/gate.py) ---
+
+from .models import GateRow, GateRun  # noqa: E402
+
+
+class GateRowInline(admin.TabularInline):
+    model = GateRow
+    extra = 0
+    fields = ["eval_id", "run", "passed", "score", "reason", "error"]
+    readonly_fields = fields
+    can_delete = False
+
+
+@admin.register(GateRun)
+class GateRunAdmin(admin.ModelAdmin):
+    list_display = ["id", "harness", "cycle", "kind", "status", "passed", "total", "attempts", "created_at", "finished_at"]
+    list_filter = ["status", "kind"]
+    raw_id_fields = ["cycle", "harness", "baseline", "requested_by"]
+    readonly_fields = ["results", "config", "log_tail"]
+    inlines = [GateRowInline]

@@ -159,6 +159,30 @@ def write_gate_files(directory: Path, *, config: dict[str, Any], answers: dict[s
     return config_path
 
 
+def config_problems(config: Any, workdir: Path) -> list[str]:
+    """What makes promptfoo fail slowly or obscurely, checked before it starts (promptfoo reports the rest).
+    A missing Python provider file in particular makes promptfoo 0.121 restart its worker for minutes."""
+    if not isinstance(config, dict):
+        return ["the config is not a mapping"]
+    problems = []
+    providers = config.get("providers")
+    if not isinstance(providers, list) or not providers:
+        problems.append("`providers` must be a non-empty list")
+    else:
+        for provider in providers:
+            provider_id = provider.get("id", "") if isinstance(provider, dict) else str(provider)
+            if provider_id.startswith("file://") and not (workdir / provider_id[len("file://"):]).is_file():
+                problems.append(f"the provider file {provider_id[len('file://'):]} does not exist")
+    tests = config.get("tests")
+    if not isinstance(tests, list) or not tests:
+        problems.append("`tests` must be a non-empty list")
+    elif not all(isinstance(test, dict) and isinstance(test.get("assert", []), list) for test in tests):
+        problems.append("every test must be a mapping with a list of assertions")
+    if not isinstance(config.get("prompts"), list) or not config.get("prompts"):
+        problems.append("`prompts` must be a non-empty list")
+    return problems
+
+
 @dataclass
 class Plan:
     """What a gate run will judge: promptfoo tests, rows the app fills in itself, skipped cases."""
@@ -299,6 +323,9 @@ def on_gate_finished(gate_run: GateRun) -> None:
     baseline gate run of a cycle). Keep it quick and let nothing in here fail the gate run.
     """
     log.info("gate run %s finished: %s (%s/%s passed)", gate_run.pk, gate_run.status, gate_run.passed, gate_run.total)
+    from .optimization import halo_after_gate  # HALO starts on a cycle's succeeded gate (AUTO_HALO)
+
+    halo_after_gate(gate_run)
 
 
 # --- running promptfoo --------------------------------------------------------------------------------
@@ -552,6 +579,8 @@ def _run(gate_run: GateRun) -> None:
     with tempfile.TemporaryDirectory(prefix=f"loopsite-gate-{gate_run.pk}-") as tmp:
         workdir = Path(tmp)
         config_path = write_gate_files(workdir, config=config, answers=gate_answers(plan.answers_by_case.values()))
+        if problems := config_problems(config, workdir):
+            raise GateError(f"The gate's promptfoo config is malformed: {'; '.join(problems)}. Nothing was run.")
         results_path = workdir / RESULTS_FILE
         outcome = run_promptfoo(gate_run=gate_run, workdir=workdir, config_path=config_path, results_path=results_path)
         log_tail = tail(workdir / LOG_FILE)

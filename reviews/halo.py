@@ -20,15 +20,12 @@ Pure pieces, no models of their own:
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import logging
-import os
 import queue
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -41,7 +38,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from loopsite.childproc import PREEXEC, kill_group, secretless_env
 
 # As the seed's synthetic spans.
 SERVICE_NAME = "financial-diligence-analyst"
@@ -535,25 +532,13 @@ def options_from_settings(**overrides: Any) -> HaloOptions:
         "model": settings.OPENAI_HALO_MODEL,
         "base_url": ep.base_url,
         "api_key": ep.api_key,
-        "maximum_depth": int(getattr(settings, "HALO_MAXIMUM_DEPTH", 1)),
-        "maximum_turns": int(getattr(settings, "HALO_MAXIMUM_TURNS", 20)),
-        "maximum_parallel_subagents": int(getattr(settings, "HALO_MAXIMUM_PARALLEL_SUBAGENTS", 2)),
-        "max_llm_failures": int(getattr(settings, "HALO_MAX_LLM_FAILURES", 3)),
+        "maximum_depth": settings.HALO_MAXIMUM_DEPTH,
+        "maximum_turns": settings.HALO_MAXIMUM_TURNS,
+        "maximum_parallel_subagents": settings.HALO_MAXIMUM_PARALLEL_SUBAGENTS,
+        "max_llm_failures": settings.HALO_MAX_LLM_FAILURES,
     }
     values.update(overrides)
     return HaloOptions(**values)
-
-
-def child_env(workdir: Path) -> dict[str, str]:
-    """HALO's whole environment: no secrets (the key travels on stdin)."""
-    venv_bin = str(Path(sys.executable).parent)
-    return {
-        "PATH": os.pathsep.join([venv_bin, "/usr/local/bin", "/usr/bin", "/bin"]),
-        "HOME": str(workdir),
-        "TMPDIR": str(workdir / "tmp"),
-        "LANG": "C.UTF-8",
-        "PYTHONPATH": str(PROJECT_ROOT),
-    }
 
 
 def run_halo(
@@ -608,8 +593,7 @@ def _run_child(job: dict, *, workdir: Path, on_event: Callable[[dict], None] | N
         proc = subprocess.Popen(
             [sys.executable, "-m", "reviews.halo_child"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr_file,
-            cwd=workdir, env=child_env(workdir), start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            cwd=workdir, env=secretless_env(workdir), start_new_session=True, preexec_fn=PREEXEC,
         )
         lines: queue.Queue[bytes | None] = queue.Queue()
         reader = threading.Thread(target=_pump, args=(proc.stdout, lines), name="halo-stdout", daemon=True)
@@ -649,7 +633,7 @@ def _run_child(job: dict, *, workdir: Path, on_event: Callable[[dict], None] | N
                 except subprocess.TimeoutExpired:
                     pass
             if proc.poll() is None:  # timed out, or on_event raised
-                _kill_group(proc)
+                kill_group(proc)
             reader.join(timeout=5)
     tail = _tail(stderr_path)
     seconds = time.monotonic() - started
@@ -714,25 +698,6 @@ def _parse_event(raw: bytes) -> dict | None:
     if not isinstance(event, dict) or not isinstance(event.get("type"), str):
         return None
     return event
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGKILL when the worker dies, so no orphan keeps running."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:  # noqa: BLE001
-        pass
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass
 
 
 def _tail(path: Path, limit: int = 4000) -> str:

@@ -1065,3 +1065,122 @@ class GateRow(models.Model):
             "score": self.score,
             "explanation": self.error or self.reason,
         }
+
+
+# --- Optimization (HALO) -------------------------------------------------------------------------------
+
+
+class Optimization(models.Model):
+    """One HALO run over a cycle's optimization context, and the handoff it wrote; task state lives here.
+
+    reviews/optimization.py does the work: the context (runs' spans + synthetic spans for the harness,
+    feedback, insights, evals and the gate) is built when the task runs, HALO runs in its own process,
+    and every event it reports is appended as an OptimizationEvent for the live page.
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    ACTIVE_STATUSES = (Status.QUEUED, Status.RUNNING)
+
+    cycle = models.ForeignKey(Cycle, on_delete=models.CASCADE, related_name="optimizations")
+    gate_run = models.ForeignKey(GateRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="optimizations",
+                                 help_text="The gate run whose rows and summary went into the context.")
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    options = models.JSONField(default=dict, blank=True,
+                               help_text="maximum_depth, maximum_turns, maximum_parallel_subagents, model, endpoint.")
+    context_stats = models.JSONField(default=list, blank=True, help_text="The HALO input summary rows of the context.")
+    report = models.TextField(blank=True, help_text="HALO's report, as written.")
+    handoff = models.TextField(blank=True, help_text="The cleaned handoff (from ## Executive summary on).")
+    missing_sections = models.JSONField(default=list, blank=True,
+                                        help_text="Required sections still missing or out of order after the re-prompt.")
+    retried = models.BooleanField(default=False, help_text="HALO was re-prompted once for missing sections.")
+    model_name = models.CharField(max_length=120, blank=True)
+    endpoint = models.CharField(max_length=300, blank=True)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True,
+                                        help_text="Running: the worker's last beat. Queued: last (re-)enqueued.")
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["status", "heartbeat_at"], name="optim_status_heartbeat_idx"),
+            models.Index(fields=["cycle", "status"], name="optim_cycle_status_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"HALO run {self.pk} for cycle {self.cycle_id} ({self.status})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("reviews:halo", args=[self.cycle_id])
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE_STATUSES
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.started_at and self.finished_at:
+            return (self.finished_at - self.started_at).total_seconds()
+        return None
+
+    @property
+    def elapsed_seconds(self) -> float | None:
+        if self.started_at is None:
+            return None
+        return ((self.finished_at or timezone.now()) - self.started_at).total_seconds()
+
+    def claim(self) -> bool:
+        """Queued -> running for this worker (a conditional UPDATE). False if someone else has it or it is done."""
+        now = timezone.now()
+        claimed = Optimization.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(
+            status=self.Status.RUNNING, attempts=models.F("attempts") + 1, started_at=now, heartbeat_at=now,
+            finished_at=None, last_error="",
+        )
+        if claimed:
+            self.refresh_from_db()
+        return bool(claimed)
+
+    def beat(self) -> bool:
+        """Still running here? False once the row stopped being ours (swept)."""
+        return bool(Optimization.objects.filter(pk=self.pk, status=self.Status.RUNNING).update(heartbeat_at=timezone.now()))
+
+    def finish(self, *, error: str = "", **fields) -> bool:
+        """Running -> succeeded (with `fields`), or failed with `error`. False if it was no longer running."""
+        now = timezone.now()
+        changes = {"finished_at": now, "heartbeat_at": now, **fields}
+        if error:
+            changes.update(status=self.Status.FAILED, last_error=error[-8000:])
+        else:
+            changes.update(status=self.Status.SUCCEEDED, last_error="")
+        done = Optimization.objects.filter(pk=self.pk, status=self.Status.RUNNING).update(**changes)
+        if done:
+            self.refresh_from_db()
+        return bool(done)
+
+
+class OptimizationEvent(models.Model):
+    """One event HALO reported while it ran (status, tool_call, tool_result, text, retry, report, error)."""
+
+    optimization = models.ForeignKey(Optimization, on_delete=models.CASCADE, related_name="events")
+    seq = models.PositiveIntegerField()
+    at = models.DateTimeField(default=timezone.now)
+    type = models.CharField(max_length=20)
+    data = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["optimization", "seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["optimization", "seq"], name="optimevent_optim_seq_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.type} #{self.seq} of HALO run {self.optimization_id}"

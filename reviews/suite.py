@@ -83,8 +83,8 @@ def promptfoo_test(case: EvalCase, run=None) -> dict[str, Any]:
             "case_id": case.pk,
             "cycle": case.cycle.name,
             "cycle_id": case.cycle_id,
-            "source_run": run.pk,
-            "source_trace_id": run.trace_id,
+            "source_run": case.source_run_id,  # provenance, whichever run's answer is tested
+            "source_trace_id": case.source_run.trace_id,
             "scoring_method": case.scoring_method,
         },
         "assert": assertions,

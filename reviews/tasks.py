@@ -48,3 +48,15 @@ def run_gate_task(gate_run_id: int) -> None:
         return  # its runs are still going: checked again in GATE_POLL_SECONDS
     if gate_run.claim():
         run_gate(gate_run=gate_run)
+
+
+@shared_task(name="reviews.run_optimization", acks_late=True)
+def run_optimization_task(optimization_id: int) -> None:
+    """Run HALO for one queued optimization. Safe to deliver twice: only a claim proceeds."""
+    from .models import Optimization
+    from .optimization import run_optimization
+
+    optimization = Optimization.objects.select_related("cycle__harness", "gate_run").filter(pk=optimization_id).first()
+    if optimization is None or optimization.status != Optimization.Status.QUEUED or not optimization.claim():
+        return
+    run_optimization(optimization=optimization)

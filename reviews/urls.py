@@ -17,4 +17,6 @@ urlpatterns = [
     path("feedback/<int:pk>/send-back/", views.send_back, name="send-back"),
     path("feedback/<int:pk>/history/", views.feedback_history, name="feedback-history"),
     path("", include("reviews.eval_views")),  # part 2: generation status, eval proposals, the suite
+    path("", include("reviews.gate_views")),  # the gate: gate runs, cycle gate panel, candidate comparison
+    path("", include("reviews.optimization_views")),  # HALO, the handoff, the cycle dashboard
 ]

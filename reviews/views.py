@@ -256,6 +256,11 @@ EMPTY_CONTENT = {"summary": "", "theme": "", "verdict": "", "items": []}
 def _editor_post(request, *, cycle: Cycle, run: Run, mode: str, feedback: Feedback | None):
     """Apply one editor action: save (autosave), add/remove/up/down a row, submit or approve, overwrite."""
     op = request.POST.get("op") or "save"
+    if request.htmx and request.htmx.target == "save-status":
+        # The form's autosave only ever saves: htmx adds the last focused submit button's name/value to
+        # the form's values, so without this an autosave fired while "+ Add", "✕" or "Submit" had focus
+        # would add, remove or submit (and swap the whole panel into the status line).
+        op = "save"
     action, _, arg = op.partition(":")
     draft = FeedbackDraft.from_post(request.POST, run=run)
     version = _int(request.POST.get("version"))

@@ -1,8 +1,7 @@
 """From a HALO handoff to a proposed next harness: where handoffs come from, and "Draft from handoff".
 
 - `latest_handoff_for(harness)`: the Markdown of the newest handoff HALO wrote for a cycle of
-  `harness`, or None. The HALO step owns the storage; until it stores handoffs this returns None
-  and the engineer pastes one into the editor.
+  `harness` (reviews.Optimization.handoff), or None; then the engineer pastes one into the editor.
 - `draft_from_handoff(...)`: asks the analysis model (settings.OPENAI_ANALYSIS_MODEL through
   loopsite.llm, Responses API) to edit the system prompt and tool policy as the handoff's
   recommendations say. The answer must be JSON `{system_prompt, tool_policy, rationale}`; on
@@ -17,7 +16,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from django.apps import apps
 from django.conf import settings
 
 from loopsite.llm import endpoint, openai_client
@@ -61,27 +59,14 @@ class DraftProposal:
 
 
 def latest_handoff_for(harness) -> str | None:
-    """The newest stored handoff Markdown for a cycle of `harness`, or None.
+    """The handoff of the newest successful HALO run (reviews.Optimization) over a cycle of `harness`, or None."""
+    from reviews.models import Optimization
 
-    Reads `reviews.Optimization` (or `reviews.Handoff`) when the HALO step has such a model with a
-    `cycle` and a Markdown field (`handoff_markdown`, `handoff` or `report`); None otherwise.
-    """
-    for name in ("Optimization", "Handoff"):
-        try:
-            model = apps.get_model("reviews", name)
-        except LookupError:
-            continue
-        fields = {f.name for f in model._meta.get_fields()}
-        text_field = next((f for f in ("handoff_markdown", "handoff", "report") if f in fields), None)
-        if "cycle" not in fields or text_field is None:
-            continue
-        rows = model.objects.filter(cycle__harness=harness).exclude(**{text_field: ""})
-        order = "finished_at" if "finished_at" in fields else "created_at" if "created_at" in fields else "pk"
-        row = rows.order_by(f"-{order}", "-pk").first()
-        text = getattr(row, text_field, None) if row is not None else None
-        if isinstance(text, str) and text.strip():
-            return text
-    return None
+    row = (
+        Optimization.objects.filter(cycle__harness=harness, status=Optimization.Status.SUCCEEDED)
+        .exclude(handoff="").order_by("-finished_at", "-pk").only("handoff").first()
+    )
+    return row.handoff if row is not None and row.handoff.strip() else None
 
 
 # --- the prompt ---------------------------------------------------------------------------------

@@ -77,6 +77,10 @@ class HarnessVersionForm(forms.Form):
             raise forms.ValidationError(f"Version {version} already exists; labels are unique.")
         return version
 
+    def clean_system_prompt(self) -> str:
+        # Browsers submit textareas with CRLF; store the prompt with the newlines it was written with.
+        return self.cleaned_data["system_prompt"].replace("\r\n", "\n").replace("\r", "\n")
+
     def clean_tool_policy(self) -> dict[str, Any]:
         text = self.cleaned_data["tool_policy"]
         try:

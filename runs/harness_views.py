@@ -14,7 +14,7 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from loopsite.markdown import render_markdown
 from loopsite.models import AuditEvent
-from loopsite.roles import APPROVER, ENGINEER, has_role, role_required
+from loopsite.roles import APPROVER, ENGINEER, REVIEWER, has_role, role_required
 
 from . import display, promotion
 from .handoffs import DraftError, draft_from_handoff, latest_handoff_for
@@ -27,7 +27,7 @@ from .work import start_batch
 
 RUNS_PER_PAGE = 25
 
-reader_required = role_required("reviewer", APPROVER, ENGINEER)
+reader_required = role_required(REVIEWER, APPROVER, ENGINEER)
 
 
 # ---------------------------------------------------------------- versions

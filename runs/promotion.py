@@ -17,8 +17,9 @@ and on the candidate's answers) and hands it to `Harness.promote(by=..., compari
 Promotion is refused while any regression or unverified case remains (`blocking`), and when
 there is no comparison at all, unless the approver records an override reason.
 
-Two hooks for the gate, both reading from the database only:
-- `comparison_for(candidate)`: the comparison the harness page offers to promote with;
+Two readers of the gate's results, both from the database only:
+- `comparison_for(candidate)`: the comparison the harness page offers to promote with
+  (reviews/candidates.py builds it from the candidate and baseline gate runs);
 - `pass_rate_history()`: gate pass rates per harness version, for the versions chart.
 Each returns nothing (None, []) until gate results exist.
 """
@@ -193,12 +194,11 @@ def check_promotion(*, candidate, comparison: Comparison | None, override_reason
 
 
 def comparison_for(candidate) -> Comparison | None:
-    """The comparison the harness page promotes with: candidate vs its parent (the baseline).
+    """The comparison the harness page promotes with: the candidate's latest succeeded candidate gate
+    run against its baseline gate run (reviews/candidates.py); None until it has been gated."""
+    from reviews.candidates import latest_comparison  # reviews imports this module: import late
 
-    None until gate results exist. The gate's candidate evaluation replaces this body with a
-    lookup of its latest finished comparison of `candidate` (see the module docstring).
-    """
-    return None
+    return latest_comparison(candidate)
 
 
 @dataclass(frozen=True)

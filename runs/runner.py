@@ -11,12 +11,9 @@ with whatever spans and artifacts exist.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -30,12 +27,16 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from loopsite.childproc import PREEXEC, kill_group, secretless_env
 from loopsite.llm import endpoint
 
 from .agent_tools import TOOL_NAMES, TOOLS_DIR, tool_sources
 from .models import Artifact, Run, Span
 
 log = logging.getLogger(__name__)
+
+# Spans per INSERT when a trace is stored: a 500-span trace is three statements.
+SPAN_BATCH_SIZE = 200
 
 BEAT_SECONDS = 5.0
 VALIDATOR_TIMEOUT_SECONDS = 60
@@ -116,8 +117,8 @@ def _execute(*, run: Run, workdir: Path) -> None:
         "project_id": PROJECT_ID,
         "service_name": SERVICE_NAME,
         "deployment_environment": "standin" if ep.is_standin else "loopsite",
-        "request_timeout": getattr(settings, "RUN_REQUEST_TIMEOUT_SECONDS", 120),
-        "max_retries": getattr(settings, "RUN_MODEL_MAX_RETRIES", 2),
+        "request_timeout": settings.RUN_REQUEST_TIMEOUT_SECONDS,
+        "max_retries": settings.RUN_MODEL_MAX_RETRIES,
         # A harness may say "api": "chat_completions" for an endpoint without the Responses API.
         "api": (harness.model_settings or {}).get("api") or "responses",
     }
@@ -177,7 +178,7 @@ def _finish(run: Run, attempt: int, fields: dict[str, Any], collected: Collected
         if collected is not None:
             run.spans.all().delete()
             run.artifacts.all().delete()
-            Span.objects.bulk_create(collected.spans, batch_size=200)
+            Span.objects.bulk_create(collected.spans, batch_size=SPAN_BATCH_SIZE)
             Artifact.objects.bulk_create(collected.artifacts)
         Run.objects.filter(pk=run.pk).update(**fields)
     for name, value in fields.items():
@@ -237,26 +238,6 @@ def write_runtime_manifest(dataroom_dir: Path) -> dict[str, Any]:
 
 # -- the child process --------------------------------------------------------
 
-def child_env(workdir: Path) -> dict[str, str]:
-    """The whole environment of the agent's process (and so of its shell): no secrets."""
-    venv_bin = str(Path(sys.executable).parent)
-    return {
-        "PATH": os.pathsep.join([venv_bin, "/usr/local/bin", "/usr/bin", "/bin"]),
-        "HOME": str(workdir),
-        "TMPDIR": str(workdir / "tmp"),
-        "LANG": "C.UTF-8",
-        "PYTHONPATH": str(settings.BASE_DIR),
-    }
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGKILL when the worker dies, so no orphan keeps running."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:  # noqa: BLE001 - not Linux: the sweep still recovers the row
-        pass
-
-
 def run_child(job: dict[str, Any], *, workdir: Path, run: Run, timeout: float) -> ChildOutcome:
     """Start the agent child, feed it the job, beat the row until it ends or times out."""
     log_path = workdir / "child.log"
@@ -266,8 +247,7 @@ def run_child(job: dict[str, Any], *, workdir: Path, run: Run, timeout: float) -
         proc = subprocess.Popen(
             [sys.executable, "-m", "runs.agent_child"],
             stdin=subprocess.PIPE, stdout=log_file, stderr=subprocess.STDOUT,
-            cwd=workdir, env=child_env(workdir), start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            cwd=workdir, env=secretless_env(workdir), start_new_session=True, preexec_fn=PREEXEC,
         )
         try:
             proc.stdin.write(json.dumps(job).encode("utf-8"))
@@ -283,7 +263,7 @@ def run_child(job: dict[str, Any], *, workdir: Path, run: Run, timeout: float) -
                 pass
             now = time.monotonic()
             if now - started > timeout:
-                _kill_group(proc)
+                kill_group(proc)
                 outcome.timed_out = True
                 outcome.error = f"Timed out after {int(timeout)} s: the agent process was stopped."
                 break
@@ -304,14 +284,6 @@ def run_child(job: dict[str, Any], *, workdir: Path, run: Run, timeout: float) -
     if outcome.log_tail and (outcome.error or proc.returncode):
         log.warning("run %s: agent process output (tail):\n%s", run.pk, outcome.log_tail)
     return outcome
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=10)
 
 
 def _tail(path: Path, limit: int = 4000) -> str:
@@ -478,7 +450,7 @@ def _run_validator(name: str, args: list[str], *, result_path: Path, work_dir: P
     try:
         proc = subprocess.run(
             [sys.executable, str(TOOLS_DIR / name), *args],
-            cwd=work_dir, env=child_env(work_dir), capture_output=True, timeout=VALIDATOR_TIMEOUT_SECONDS,
+            cwd=work_dir, env=secretless_env(work_dir), capture_output=True, timeout=VALIDATOR_TIMEOUT_SECONDS,
         )
     except subprocess.TimeoutExpired:
         return {"passed": False, "error": f"{name} timed out after {VALIDATOR_TIMEOUT_SECONDS} s"}

@@ -5,9 +5,10 @@ from django.contrib.auth.models import Group
 
 
 def _user(django_user_model, username: str, *roles: str):
+    # get_or_create: a transactional test before this one flushes the groups the migration made.
     user = django_user_model.objects.create_user(username=username, password="pw-" + username)
     for role in roles:
-        user.groups.add(Group.objects.get(name=role))
+        user.groups.add(Group.objects.get_or_create(name=role)[0])
     return user
 
 

@@ -97,7 +97,7 @@ def test_a_stale_form_does_not_overwrite_someone_elses_edit(client_for, approver
     from django.contrib.auth.models import Group
 
     other = django_user_model.objects.create_user(username="otto2")
-    other.groups.add(Group.objects.get(name="approver"))
+    other.groups.add(Group.objects.get_or_create(name="approver")[0])
     stale = form(case, title="Mine")
     case.edit(by=other, content={"title": "Theirs"}, edits_seen=0)
     response = client_for(approver).post(reverse("reviews:eval-edit", args=[case.pk]), stale, **HTMX)

@@ -272,3 +272,15 @@ def test_without_htmx_a_save_redirects_back(client_for, reviewer, setup):
     assert response.status_code == 302
     assert response["Location"] == url(cycle, run)
     assert Feedback.objects.get().summary == "Roll up to parent accounts."
+
+
+def test_an_autosave_never_runs_the_button_that_last_had_focus(client_for, reviewer, setup):
+    # htmx adds the last focused submit button's name/value to the form's own requests, so an
+    # autosave can arrive carrying op=remove:0; aimed at the status line, it must only save.
+    cycle, run = setup
+    rows = ((OBS, "first", "", "", ""), (OBS, "second", "", "", ""))
+    response = client_for(reviewer).post(
+        url(cycle, run), form_data(rows=rows, op="remove:0"), HTTP_HX_TARGET="save-status", **HTMX
+    )
+    assert 'data-testid="saved"' in response.content.decode()
+    assert [i.text for i in Feedback.objects.get().items.all()] == ["first", "second"]

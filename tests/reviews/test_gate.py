@@ -144,20 +144,61 @@ def test_a_dead_judge_fails_the_gate_in_seconds(standin, suite, settings):
     assert gate_run.errors == 5 and all("ECONNREFUSED" in row.error for row in gate_run.rows.all())
 
 
-def test_a_malformed_config_fails_with_promptfoos_message(standin, suite, monkeypatch):
+def test_a_malformed_config_fails_at_once_without_running_promptfoo(standin, suite, monkeypatch):
     cycle, _, _ = suite
 
     def broken(*, cases, answers_by_case):
-        return {"prompts": ["{{question}}"], "providers": [{"id": "file://missing_provider.py"}],
-                "tests": [{"vars": {"question": "q"}, "assert": [{"type": "no-such-assertion", "value": "x"}]}]}
+        return {"prompts": ["{{question}}"], "providers": [{"id": "file://missing_provider.py"}], "tests": "all of them"}
 
     monkeypatch.setattr(gate, "build_gate_config", broken)
+    gate_run = queued_gate(cycle)
+    started = time.monotonic()
+    run_gate_task.apply(args=[gate_run.pk])
+    gate_run.refresh_from_db()
+    assert time.monotonic() - started < 5
+    assert gate_run.status == GateRun.Status.FAILED
+    assert gate_run.last_error == ("The gate's promptfoo config is malformed: the provider file missing_provider.py "
+                                   "does not exist; `tests` must be a non-empty list. Nothing was run.")
+
+
+def test_a_config_promptfoo_rejects_fails_with_promptfoos_reason(standin, suite, monkeypatch):
+    cycle, _, _ = suite
+    real = gate.build_gate_config
+
+    def unknown_assertion(*, cases, answers_by_case):
+        config = real(cases=cases, answers_by_case=answers_by_case)
+        config["tests"][0]["assert"] = [{"type": "no-such-assertion", "value": "x"}]
+        return config
+
+    monkeypatch.setattr(gate, "build_gate_config", unknown_assertion)
     gate_run = queued_gate(cycle)
     run_gate_task.apply(args=[gate_run.pk])
     gate_run.refresh_from_db()
     assert gate_run.status == GateRun.Status.FAILED
-    assert gate_run.last_error.startswith("promptfoo ")
+    assert gate_run.last_error.startswith("promptfoo reported an error for 1 of 5 test(s): ")
+    assert "no-such-assertion" in gate_run.last_error
+    assert gate_run.errors == 1 and gate_run.rows.count() == 5  # kept for inspection
+
+
+def test_promptfoo_exiting_without_results_fails_with_its_output(standin, suite, monkeypatch):
+    cycle, _, _ = suite
+    monkeypatch.setattr(gate, "write_gate_files", _truncated_config_writer(gate.write_gate_files))
+    gate_run = queued_gate(cycle)
+    run_gate_task.apply(args=[gate_run.pk])
+    gate_run.refresh_from_db()
+    assert gate_run.status == GateRun.Status.FAILED
+    assert gate_run.last_error.startswith("promptfoo exited with code ")
+    assert "wrote no results (a malformed config, or promptfoo could not start)" in gate_run.last_error
     assert gate_run.log_tail and not gate_run.rows.exists()
+
+
+def _truncated_config_writer(real):
+    def write(directory, *, config, answers):
+        path = real(directory, config=config, answers=answers)
+        path.write_text(path.read_text()[:-40])  # cut off: no longer valid YAML/JSON
+        return path
+
+    return write
 
 
 def test_the_time_limit_stops_promptfoo(standin, suite, settings):

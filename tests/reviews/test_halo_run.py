@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from loopsite.childproc import PROJECT_ROOT, secretless_env
 from loopsite.standin.rules import CERTIFICATION_PRECISION, PARENT_ACCOUNT_ROLLUP, RULES, SOURCE_OF_TRUTH_METRICS
 from reviews import halo
 from tests.reviews import halo_samples as samples
@@ -168,11 +169,11 @@ def test_it_stops_halo_at_the_timeout(standin_server, tmp_path):
 
 def test_the_child_gets_no_secrets_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-should-not-leak")
-    env = halo.child_env(tmp_path)
+    env = secretless_env(tmp_path)
     assert set(env) == {"PATH", "HOME", "TMPDIR", "LANG", "PYTHONPATH"}
     assert "sk-should-not-leak" not in json.dumps(env)
     assert env["HOME"] == str(tmp_path)
-    assert env["PYTHONPATH"] == str(halo.PROJECT_ROOT)
+    assert env["PYTHONPATH"] == str(PROJECT_ROOT)
     assert os.path.dirname(sys.executable) in env["PATH"]
     assert "sk-secret" not in repr(options("http://x/v1", api_key="sk-secret"))
 

@@ -64,7 +64,7 @@ def test_approve_requires_the_approver_role(reviewer, reviewer2):
 def test_an_approver_never_approves_their_own_feedback(approver):
     from django.contrib.auth.models import Group
 
-    approver.groups.add(Group.objects.get(name="reviewer"))
+    approver.groups.add(Group.objects.get_or_create(name="reviewer")[0])
     run = make_run()
     cycle = make_cycle(run)
     feedback = make_feedback(cycle, run, approver, status=Feedback.Status.SUBMITTED)

@@ -74,7 +74,7 @@ def test_approving_creates_the_merged_feedback_and_is_audited(client_for, approv
 
 
 def test_an_approver_cannot_approve_a_run_they_reviewed(client_for, approver, reviewer):
-    approver.groups.add(Group.objects.get(name="reviewer"))
+    approver.groups.add(Group.objects.get_or_create(name="reviewer")[0])
     run = make_run()
     cycle = make_cycle(run)
     make_feedback(cycle, run, approver, status="submitted")

@@ -43,7 +43,7 @@ def test_reviewers_get_403(client_for, reviewer2, feedback):
 
 
 def test_approvers_cannot_send_back_their_own(client_for, approver):
-    approver.groups.add(Group.objects.get(name="reviewer"))
+    approver.groups.add(Group.objects.get_or_create(name="reviewer")[0])
     run = make_run()
     own = make_feedback(make_cycle(run), run, approver, status="submitted")
     assert client_for(approver).post(reverse("reviews:send-back", args=[own.pk]), {"comment": "x"}).status_code == 403

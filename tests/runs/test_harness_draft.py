@@ -240,3 +240,26 @@ def test_a_draft_needs_a_valid_policy_first(client_for, engineer, v001, standin)
 def test_a_draft_without_a_handoff_says_so(client_for, engineer, v001, standin):
     response = client_for(engineer).post(URL, editor_data(handoff_markdown=""))
     assert "There is no handoff to draft from: paste one into the handoff panel." in response.content.decode()
+
+
+def test_the_drafter_reads_the_standin_halo_agents_own_handoff():
+    """Four rules fail in the gate; HALO's top three changes name three of them: those three are added."""
+    from loopsite.standin import halo_agent
+
+    rows = [
+        {"eval_id": "arr-source", "title": "Leads with the finance-controlled ARR bridge as source of truth",
+         "explanation": "Led with the board ARR", "passed": False, "label": "trace-01", "trace_id": "a" * 32, "score": 0},
+        {"eval_id": "rollup", "title": "Rolls up legal entities to parent accounts",
+         "explanation": "Stopped at the legal entity", "passed": False, "label": "trace-02", "trace_id": "b" * 32, "score": 0},
+        {"eval_id": "soc2", "title": "States exact SOC 2 certification status",
+         "explanation": "Said SOC 2 complete", "passed": False, "label": "trace-03", "trace_id": "c" * 32, "score": 0},
+        {"eval_id": "nrr", "title": "Does not report the unvalidated NRR management estimate",
+         "explanation": "Reported 122% NRR", "passed": False, "label": "trace-04", "trace_id": "d" * 32, "score": 0},
+    ]
+    reading = halo_agent.Reading(harness={"version": "v001", "system_prompt": SAMPLE["system_prompt"], "tool_policy": "{}"},
+                                 gate_rows=rows, total_traces=4, total_spans=40)
+    report = halo_agent.build_report(reading)
+    result = harness_drafter.draft({"system_prompt": SAMPLE["system_prompt"], "tool_policy": {}}, report)
+    assert active_rule_ids(result["system_prompt"]) == {
+        "source_of_truth_metrics", "parent_account_rollup", "certification_precision"}
+    assert result["system_prompt"].startswith(SAMPLE["system_prompt"] + "\n\nDiligence rules:\n- ")

@@ -173,3 +173,33 @@ def test_editing_a_version_with_runs_is_refused_with_a_message(client_for, engin
     assert "Harness v002 already has runs, so it cannot be edited. Create a new version from it instead." in (
         response.content.decode())
     assert Harness.objects.get(pk=draft.pk).system_prompt == "Ran once."
+
+
+def test_the_stored_handoff_is_the_newest_successful_halo_run_of_the_parent(client_for, engineer, parent):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from reviews.models import Cycle, Optimization
+    from runs.handoffs import latest_handoff_for
+
+    assert latest_handoff_for(parent) is None
+    other = make_harness("v000", status="retired")
+    now = timezone.now()
+    cycle = Cycle.objects.create(harness=parent, name="c1")
+    Optimization.objects.create(cycle=cycle, status="succeeded", handoff="## Executive summary\n\nOlder.",
+                                finished_at=now - timedelta(hours=2))
+    Optimization.objects.create(cycle=cycle, status="succeeded", handoff="## Executive summary\n\nNewest.",
+                                finished_at=now - timedelta(hours=1))
+    Optimization.objects.create(cycle=cycle, status="failed", handoff="## Executive summary\n\nFailed.", finished_at=now)
+    Optimization.objects.create(cycle=Cycle.objects.create(harness=other, name="c0"), status="succeeded",
+                                handoff="## Executive summary\n\nOther version.", finished_at=now)
+    assert latest_handoff_for(parent) == "## Executive summary\n\nNewest."
+    html = client_for(engineer).get(url()).content.decode()
+    assert "HALO's latest for v001" in html and "<p>Newest.</p>" in html
+
+
+def test_the_prompt_is_stored_with_plain_newlines(client_for, engineer, parent):
+    # Browsers post textareas with CRLF; a child must differ from its parent only where it was edited.
+    client_for(engineer).post(url(), form_data(system_prompt="You are a diligence analyst.\r\nCite every claim.\r\n"))
+    assert Harness.objects.get(version="v002").system_prompt == "You are a diligence analyst.\nCite every claim."

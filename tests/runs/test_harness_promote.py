@@ -196,3 +196,39 @@ def test_the_view_promotes_a_clean_candidate_without_a_reason(client_for, approv
     response = client.post(url("v002"), {}, headers={"HX-Request": "true"})
     assert response.status_code == 200 and response["HX-Redirect"] == reverse("runs:harness-detail", args=["v002"])
     assert Harness.objects.get(version="v002").status == "promoted"
+
+
+def test_the_page_promotes_with_the_gates_real_comparison(client_for, approver, versions):
+    """comparison_for reads the candidate's gate run and its baseline (reviews/candidates.py)."""
+    from django.utils import timezone
+
+    from reviews.models import Cycle, EvalCase, GateRow, GateRun
+
+    from .ui_builders import make_run
+
+    v1, v2 = versions
+    run1, run2 = make_run(harness=v1), make_run(harness=v2)
+    cycle1 = Cycle.objects.create(harness=v1, name="baseline cycle")
+    cycle2 = Cycle.objects.create(harness=v2, name="candidate cycle")
+    cases = [EvalCase.objects.create(cycle=cycle1, eval_id=eval_id, title=eval_id.title(), expected_behavior="x",
+                                     source_run=run1, status="approved") for eval_id in ("keeps", "rollup")]
+    now = timezone.now()
+    base = GateRun.objects.create(harness=v1, cycle=cycle1, kind="baseline", status="succeeded", total=2, passed=2,
+                                  finished_at=now)
+    cand = GateRun.objects.create(harness=v2, cycle=cycle2, kind="candidate", baseline=base, status="succeeded",
+                                  total=2, passed=1, failed=1, finished_at=now)
+    for gate_run, run, verdicts in ((base, run1, (True, True)), (cand, run2, (True, False))):
+        for position, (case, passed) in enumerate(zip(cases, verdicts)):
+            GateRow.objects.create(gate_run=gate_run, eval_case=case, run=run, position=position, eval_id=case.eval_id,
+                                   title=case.title, passed=passed, score=float(passed))
+
+    found = promotion.comparison_for(v2)
+    assert [row.case_id for row in found.regressions] == ["rollup"]
+    client = client_for(approver)
+    refused = client.post(url("v002"), {"override_reason": ""})
+    assert "1 case(s) pass on v001 and fail on v002 (rollup)" in refused.content.decode()
+    assert Harness.objects.get(pk=v2.pk).status == "draft"
+    client.post(url("v002"), {"override_reason": "Rollup judged wrongly; see gate run."})
+    assert Harness.objects.get(pk=v2.pk).status == "promoted"
+    assert AuditEvent.objects.get(action="harness.promote").after["comparison"]["source"] == (
+        f"gate runs {base.pk} (v001) and {cand.pk} (v002)")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from loopsite.childproc import secretless_env
 from runs import runner
 from runs.models import REQUIRED_ARTIFACTS, DataroomFile, Harness, Run, Span
 
@@ -118,7 +119,7 @@ def test_stage_dataroom_writes_files_tools_and_runtime_manifest(sample, tmp_path
 def test_child_env_holds_no_secrets(tmp_path, monkeypatch):
     for name in SECRET_NAMES:
         monkeypatch.setenv(name, f"fake-{name.lower()}")
-    env = runner.child_env(tmp_path)
+    env = secretless_env(tmp_path)
     assert set(env) == {"PATH", "HOME", "TMPDIR", "LANG", "PYTHONPATH"}
     assert env["HOME"] == str(tmp_path)
     assert not any("fake-" in value for value in env.values())
@@ -335,7 +336,7 @@ def test_the_agent_child_does_not_import_django():
 
     code = "import sys, runs.agent_child; print('django' in sys.modules, 'loopsite' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                          env=runner.child_env(Path(runner.settings.BASE_DIR)), cwd=runner.settings.BASE_DIR)
+                          env=secretless_env(Path(runner.settings.BASE_DIR)), cwd=runner.settings.BASE_DIR)
     assert proc.stdout.split() == ["False", "False"], proc.stderr
 
 
