@@ -67,9 +67,10 @@ run: install
 	@$(PY) manage.py collectstatic --noinput -v 0
 	@$(PY) manage.py run_all --host $(HOST) --port $(PORT)
 
+# The SQLite and PostgreSQL passes run side by side (each on its own database, Redis
+# queue and ports); each pass's output is printed whole when it ends.
 test: install chromium
-	@$(MAKE) --no-print-directory test-sqlite
-	@$(MAKE) --no-print-directory test-postgres
+	@$(MAKE) --no-print-directory -j2 --output-sync=target test-sqlite test-postgres
 
 test-sqlite:
 	@mkdir -p var
