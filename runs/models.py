@@ -1,4 +1,5 @@
 import re
+import json
 from typing import Any
 
 from django.conf import settings
@@ -9,6 +10,31 @@ from django.utils import timezone
 
 from loopsite.models import AuditEvent
 from loopsite.roles import APPROVER, ENGINEER, require_role
+
+class DocumentJSONField(models.TextField):
+    """A JSON document stored as text, so its key order survives on every database.
+
+    PostgreSQL's jsonb sorts object keys; a harness's tool policy is rendered into the
+    agent's instructions in its own order, so it must come back exactly as written.
+    """
+
+    def from_db_value(self, value, expression, connection):
+        return None if value is None else json.loads(value)
+
+    def to_python(self, value):
+        return json.loads(value) if isinstance(value, str) else value
+
+    def get_prep_value(self, value):
+        return None if value is None else json.dumps(value, ensure_ascii=False)
+
+    def value_to_string(self, obj):
+        return self.get_prep_value(self.value_from_object(obj))
+
+    def formfield(self, **kwargs):
+        from django import forms
+
+        return super(models.TextField, self).formfield(**{"form_class": forms.JSONField, **kwargs})
+
 
 REQUIRED_ARTIFACTS = [
     "summary_answer.md",
@@ -49,9 +75,9 @@ class Harness(models.Model):
 
     version = models.CharField(max_length=40, unique=True, help_text="A label such as v001.")
     system_prompt = models.TextField()
-    model_settings = models.JSONField(default=dict, blank=True)
-    tool_policy = models.JSONField(default=dict, blank=True)
-    eval_metadata = models.JSONField(default=dict, blank=True)
+    model_settings = DocumentJSONField(default=dict, blank=True)
+    tool_policy = DocumentJSONField(default=dict, blank=True)
+    eval_metadata = DocumentJSONField(default=dict, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT, db_index=True)
     parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
     author = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
@@ -434,6 +460,12 @@ class Run(models.Model):
         self.save(update_fields=["status", "last_error", "finished_at"])
 
 
+HALO_LINE_KEYS = (
+    "trace_id", "span_id", "parent_span_id", "trace_state", "name", "kind", "start_time", "end_time",
+    "status", "resource", "scope", "attributes",
+)
+
+
 class Span(models.Model):
     """One span of a run's trace, stored as the HALO JSONL line it was exported as."""
 
@@ -467,6 +499,13 @@ class Span(models.Model):
     @property
     def attributes(self) -> dict[str, Any]:
         return self.data.get("attributes") or {}
+
+    @staticmethod
+    def jsonl_line(data: dict[str, Any]) -> str:
+        """One line of the trace file, top-level keys in HALO's order whatever the database kept."""
+        ordered = {key: data[key] for key in HALO_LINE_KEYS if key in data}
+        ordered.update((key, value) for key, value in data.items() if key not in ordered)
+        return json.dumps(ordered, separators=(",", ":"), ensure_ascii=False)
 
 
 class Artifact(models.Model):

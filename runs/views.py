@@ -125,7 +125,7 @@ def trace_jsonl(request, pk):
 
     def lines():
         for data in Span.objects.filter(run=run).order_by("position").values_list("data", flat=True).iterator(chunk_size=200):
-            yield json.dumps(data, separators=(",", ":"), ensure_ascii=False) + "\n"
+            yield Span.jsonl_line(data) + "\n"
 
     response = StreamingHttpResponse(lines(), content_type="application/x-ndjson; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="run-{run.pk}-trace-{run.trace_id}.jsonl"'

@@ -4,6 +4,12 @@ import pytest
 from django.contrib.auth.models import Group
 
 
+def pytest_collection_modifyitems(config, items):
+    """Browser tests last: Playwright's sync API keeps an event loop running in the main thread
+    while a browser is open, and tests that call asyncio.run() cannot run inside it."""
+    items.sort(key=lambda item: "/tests/e2e/" in str(item.path))
+
+
 def _user(django_user_model, username: str, *roles: str):
     # get_or_create: a transactional test before this one flushes the groups the migration made.
     user = django_user_model.objects.create_user(username=username, password="pw-" + username)

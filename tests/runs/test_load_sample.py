@@ -73,3 +73,14 @@ def test_it_leaves_edited_rows_alone(db):
     load()
     assert Harness.objects.get(version="v001").system_prompt == "edited"
     assert Question.objects.get(bank_index=3).is_default is True
+
+
+def test_the_harness_config_keeps_its_key_order(db):
+    # The tool policy is rendered into the agent's instructions in key order; PostgreSQL's jsonb
+    # would sort the keys, so the same harness must not read back differently on another database.
+    call_command("load_sample", stdout=io.StringIO())
+    config = json.loads((SAMPLE / "harness_v001.json").read_text(encoding="utf-8"))
+    harness = Harness.objects.get(version="v001")
+    assert list(harness.tool_policy) == list(config["tool_policy"])
+    assert list(harness.eval_metadata) == list(config["eval_metadata"])
+    assert harness.build_instructions().index("allowed_data_root") < harness.build_instructions().index("mutation_policy")
