@@ -1,5 +1,7 @@
 pytest_plugins = ["tests.fixtures_standin", "tests.fixtures_worker"]
 
+import socket
+
 import pytest
 from django.contrib.auth.models import Group
 
@@ -8,6 +10,15 @@ def pytest_collection_modifyitems(config, items):
     """Browser tests last: Playwright's sync API keeps an event loop running in the main thread
     while a browser is open, and tests that call asyncio.run() cannot run inside it."""
     items.sort(key=lambda item: "/tests/e2e/" in str(item.path))
+
+
+@pytest.fixture
+def refused_url():
+    """A model endpoint that refuses connections for the whole test. The port stays bound but never
+    listens, so no other process (the other database's test pass runs alongside) can take it over."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
 
 
 def _user(django_user_model, username: str, *roles: str):

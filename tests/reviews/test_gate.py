@@ -22,15 +22,6 @@ def suite(approver):
     return approved_suite(approver)
 
 
-def _closed_port_url() -> str:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/v1"
-
-
 def test_the_gate_stores_every_row_as_the_results_file_says(standin, suite):
     cycle, runs, cases = suite
     gate_run = queued_gate(cycle)
@@ -129,9 +120,9 @@ def test_missing_promptfoo_fails_with_a_clear_reason(standin, suite, settings, t
     assert gate_run.finished_at is not None and not gate_run.rows.exists()
 
 
-def test_a_dead_judge_fails_the_gate_in_seconds(standin, suite, settings):
+def test_a_dead_judge_fails_the_gate_in_seconds(standin, suite, settings, refused_url):
     cycle, _, _ = suite
-    settings.STANDIN_URL = _closed_port_url()
+    settings.STANDIN_URL = refused_url
     gate_run = queued_gate(cycle)
     started = time.monotonic()
     run_gate_task.apply(args=[gate_run.pk])

@@ -158,16 +158,12 @@ def test_a_context_that_cannot_be_built_is_explained(client_for, reviewer, cycle
     assert "The optimization context cannot be built" in page
 
 
-def test_a_real_halo_failure_shows_quickly(client_for, engineer, cycle, settings):
+def test_a_real_halo_failure_shows_quickly(client_for, engineer, cycle, settings, refused_url):
     """STANDIN_URL at a closed port and one allowed model failure: the page shows why, within seconds."""
-    import socket
     import time
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     settings.STANDIN_IN_USE = True
-    settings.STANDIN_URL = f"http://127.0.0.1:{port}/v1"
+    settings.STANDIN_URL = refused_url
     settings.HALO_MAX_LLM_FAILURES = 1
     optimization = queued_optimization(cycle, maximum_depth=0)
     started = time.monotonic()

@@ -1,6 +1,5 @@
 """The HALO task: a run against the stand-in, missing sections, failures, the sweep."""
 
-import socket
 import time
 from datetime import timedelta
 
@@ -101,15 +100,9 @@ def test_sections_still_missing_after_the_re_prompt_are_stored(approver, monkeyp
     assert retry.data == {"missing": ["## Insights by feedback source"]}
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def test_an_unreachable_model_fails_quickly_with_the_reason(approver, settings):
+def test_an_unreachable_model_fails_quickly_with_the_reason(approver, settings, refused_url):
     settings.STANDIN_IN_USE = True
-    settings.STANDIN_URL = f"http://127.0.0.1:{_closed_port()}/v1"
+    settings.STANDIN_URL = refused_url
     settings.HALO_MAX_LLM_FAILURES = 1
     cycle = halo_cycle(approver)
     optimization = queued_optimization(cycle, maximum_depth=0)

@@ -25,12 +25,6 @@ SECRET_NAMES = ("OPENAI_API_KEY", "SECRET_KEY", "DATABASE_URL")
 
 # -- helpers ------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class ScriptedModel(BaseHTTPRequestHandler):
     """A minimal Responses API that answers every request with one final message."""
 
@@ -166,8 +160,8 @@ def test_claims_come_from_citations_json(tmp_path):
 
 # -- failure paths (no stand-in needed) ---------------------------------------
 
-def test_provider_error_fails_the_run_quickly_with_a_readable_error(make_run, model_at):
-    model_at(f"http://127.0.0.1:{free_port()}/v1")
+def test_provider_error_fails_the_run_quickly_with_a_readable_error(make_run, model_at, refused_url):
+    model_at(refused_url)
     run = make_run(claim=True)
     started = time.monotonic()
     runner.execute_run(run=run)
