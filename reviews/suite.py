@@ -31,19 +31,15 @@ RUBRIC_THRESHOLD = 0.8  # as the seed's promptfoo_test_from_eval
 JUDGE_TIMEOUT_SECONDS = 20.0
 JUDGE_MAX_RETRIES = 1
 
-# promptfoo 0.121.9's default llm-rubric prompt (src/prompts/grading.ts), so "Try it" asks
-# the judge exactly what the gate will ask it.
-GRADING_SYSTEM_PROMPT = """You are grading output according to a user-specified rubric. If the statement in the rubric is true, then the output passes the test. You respond with a JSON object with this structure: {reason: string, pass: boolean, score: number}
-
-Examples:
-
-<Output>Hello world</Output>
-<Rubric>Content contains a greeting</Rubric>
-{"reason": "the content contains the word 'Hello'", "pass": true, "score": 1.0}
-
-<Output>Avast ye swabs, repel the invaders!</Output>
-<Rubric>Does not speak like a pirate</Rubric>
-{"reason": "'avast ye' is a common pirate term", "pass": false, "score": 0.0}"""
+# The judge's instructions for "Try it": the same contract as promptfoo's llm-rubric (the
+# output and the rubric in <Output>/<Rubric> blocks, a JSON verdict back), so a case is
+# judged here the way the gate will judge it.
+GRADING_SYSTEM_PROMPT = (
+    "You judge one answer against one rubric. The answer is inside <Output> tags and the rubric "
+    "inside <Rubric> tags. The answer passes when everything the rubric asks for holds for it. "
+    "Reply with a JSON object and nothing else: "
+    '{"reason": "<one sentence on why>", "pass": <true or false>, "score": <a number from 0 to 1>}.'
+)
 
 
 def judge_provider() -> dict[str, Any]:

@@ -10,6 +10,8 @@ import pytest
 from django.conf import settings as django_settings
 from django.urls import reverse
 
+from reviews import suite
+
 from .gen_builders import proposed_cases
 
 pytestmark = pytest.mark.django_db
@@ -60,7 +62,7 @@ def test_the_config_carries_stored_answers_echo_and_the_judge(client_for, engine
 
 def test_the_default_openai_endpoint_is_not_written(client_for, engineer, approved, settings):
     settings.STANDIN_IN_USE = False
-    settings.OPENAI_BASE_URL = "https://api.openai.com/v1"
+    settings.OPENAI_BASE_URL = suite.OPENAI_DEFAULT_BASE_URL
     settings.OPENAI_API_KEY = "sk-test-not-used"
     _, config = download(client_for(engineer))
     rubric = config["tests"][0]["assert"][-1]
