@@ -16,6 +16,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from loopsite.models import AuditEvent
+from loopsite.work import TrackedWork
 from loopsite.roles import APPROVER, ENGINEER, REVIEWER, has_role
 
 
@@ -586,7 +587,7 @@ class FeedbackRevision(models.Model):
 # --- Generation (behaviour in part 2) ---------------------------------------------------------
 
 
-class GenerationJob(models.Model):
+class GenerationJob(TrackedWork, models.Model):
     """One step of the insights -> evals chain for a cycle; task state lives here."""
 
     class Kind(models.TextChoices):
@@ -621,16 +622,6 @@ class GenerationJob(models.Model):
         return f"{self.get_kind_display()} for cycle {self.cycle_id} ({self.status})"
 
     ACTIVE_STATUSES = (Status.QUEUED, Status.RUNNING)
-
-    @property
-    def is_active(self) -> bool:
-        return self.status in self.ACTIVE_STATUSES
-
-    @property
-    def duration_seconds(self) -> float | None:
-        if self.started_at and self.finished_at:
-            return (self.finished_at - self.started_at).total_seconds()
-        return None
 
     def claim(self) -> bool:
         """Take a queued job for this worker (a conditional UPDATE). False if someone else has it or it is done."""
@@ -884,7 +875,7 @@ class EvalCaseRevision(models.Model):
 # --- Gate ----------------------------------------------------------------------------------------------
 
 
-class GateRun(models.Model):
+class GateRun(TrackedWork, models.Model):
     """One promptfoo run of the approved suite on one harness version's stored answers; task state lives here.
 
     A *baseline* gate run judges the answers of a cycle (or, without a cycle, the harness's latest
@@ -950,18 +941,8 @@ class GateRun(models.Model):
         return reverse("reviews:gate-detail", args=[self.pk])
 
     @property
-    def is_active(self) -> bool:
-        return self.status in self.ACTIVE_STATUSES
-
-    @property
     def is_finished(self) -> bool:
         return self.status in (self.Status.SUCCEEDED, self.Status.FAILED)
-
-    @property
-    def duration_seconds(self) -> float | None:
-        if self.started_at and self.finished_at:
-            return (self.finished_at - self.started_at).total_seconds()
-        return None
 
     @property
     def pass_rate(self) -> float | None:
@@ -1070,7 +1051,7 @@ class GateRow(models.Model):
 # --- Optimization (HALO) -------------------------------------------------------------------------------
 
 
-class Optimization(models.Model):
+class Optimization(TrackedWork, models.Model):
     """One HALO run over a cycle's optimization context, and the handoff it wrote; task state lives here.
 
     reviews/optimization.py does the work: the context (runs' spans + synthetic spans for the harness,
@@ -1121,22 +1102,6 @@ class Optimization(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("reviews:halo", args=[self.cycle_id])
-
-    @property
-    def is_active(self) -> bool:
-        return self.status in self.ACTIVE_STATUSES
-
-    @property
-    def duration_seconds(self) -> float | None:
-        if self.started_at and self.finished_at:
-            return (self.finished_at - self.started_at).total_seconds()
-        return None
-
-    @property
-    def elapsed_seconds(self) -> float | None:
-        if self.started_at is None:
-            return None
-        return ((self.finished_at or timezone.now()) - self.started_at).total_seconds()
 
     def claim(self) -> bool:
         """Queued -> running for this worker (a conditional UPDATE). False if someone else has it or it is done."""

@@ -9,6 +9,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from loopsite.models import AuditEvent
+from loopsite.work import TrackedWork
 from loopsite.roles import APPROVER, ENGINEER, require_role
 
 class DocumentJSONField(models.TextField):
@@ -360,7 +361,7 @@ class Batch(models.Model):
         return f"Batch {self.pk} ({self.harness.version})"
 
 
-class Run(models.Model):
+class Run(TrackedWork, models.Model):
     """One agent run: harness version + dataroom + question."""
 
     class Status(models.TextChoices):
@@ -414,16 +415,6 @@ class Run(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("runs:detail", args=[self.pk])
-
-    @property
-    def is_active(self) -> bool:
-        return self.status in self.ACTIVE_STATUSES
-
-    @property
-    def duration_seconds(self) -> float | None:
-        if self.started_at and self.finished_at:
-            return (self.finished_at - self.started_at).total_seconds()
-        return None
 
     @property
     def evidence_passed(self) -> bool | None:
