@@ -1,5 +1,5 @@
 # Loopsite: `make run` starts the app; `make test` runs the whole suite.
-# Both install what they need first (uv, Python packages, npm packages, Redis, Chromium).
+# Both install what they need first (uv, Python packages, npm packages, Redis, bubblewrap, Chromium).
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -13,7 +13,7 @@ REDIS_URL ?= redis://127.0.0.1:6379/0
 PG_TEST_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 export PROMPTFOO_DISABLE_TELEMETRY=1 PROMPTFOO_DISABLE_UPDATE=1
 
-.PHONY: help install uv python-deps node-deps redis chromium run test test-sqlite test-postgres bench clean
+.PHONY: help install secret-key uv python-deps node-deps redis bubblewrap chromium run test test-sqlite test-postgres bench clean
 
 help:
 	@echo "make run    install everything and start web, worker, Redis and (without OPENAI_API_KEY) the stand-in model"
@@ -51,16 +51,27 @@ redis:
 	  sleep 1; \
 	fi
 
+# The agent's shell commands run inside bubblewrap (runs/jail.py); without it runs refuse to start.
+bubblewrap:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  echo "Installing bubblewrap (the jail for the agent's shell commands)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null) \
+	  || echo "Could not install bubblewrap: agent runs will refuse to start until it is installed (or until LOOPSITE_UNCONFINED_SANDBOX=1 lets the agent's commands run unconfined, at your own risk)"; }
+
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  echo "Installing Debian's chromium for the browser tests"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	  || { echo "Could not install chromium"; exit 1; }; }
 
-install: python-deps node-deps redis
+install: python-deps node-deps redis bubblewrap
 
-run: install
+# A random SECRET_KEY kept under var/ (the app refuses the built-in development key with DEBUG off).
+secret-key:
 	@mkdir -p var
+	@[ -s var/secret_key ] || (umask 077 && $(PY) -c "import secrets; print(secrets.token_urlsafe(50))" > var/secret_key && echo "Generated SECRET_KEY in var/secret_key")
+
+run: install secret-key
 	@$(PY) manage.py migrate --noinput -v 0
 	@$(PY) manage.py load_sample
 	@$(PY) manage.py create_demo_users
@@ -85,8 +96,8 @@ test-postgres:
 	  echo "== PostgreSQL not reachable at $(PG_TEST_URL): PostgreSQL run skipped"; \
 	fi
 
-bench: install
-	@for script in bench/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+bench: install secret-key
+	@for script in bench/[!_]*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
 
 clean:
 	rm -rf var/test.sqlite3 var/static .pytest_cache

@@ -26,15 +26,27 @@ def secretless_env(workdir: Path) -> dict[str, str]:
     }
 
 
-def die_with_parent() -> None:
-    """Run in the child before exec: SIGKILL it when the worker dies, so no orphan keeps running."""
+def _libc_prctl():  # noqa: ANN202
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:  # noqa: BLE001 - not Linux: the sweep still recovers the row
-        pass
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except OSError:  # not Linux: the sweep still recovers the row
+        return None
 
 
-PREEXEC = die_with_parent if sys.platform.startswith("linux") else None
+# Resolved once, here: the run worker starts children from many threads at once, and between fork
+# and exec the child may only do what takes no lock another thread could hold (no dlopen, no import).
+_PRCTL = _libc_prctl()
+
+
+def die_with_parent() -> None:
+    """Run in the child before exec: SIGKILL it when the worker dies, so no orphan keeps running.
+    (Linux sends the signal when the *thread* that started the child ends: Celery's pool threads live
+    as long as the worker.)"""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+PREEXEC = die_with_parent if _PRCTL is not None and sys.platform.startswith("linux") else None
 
 
 def kill_group(proc: subprocess.Popen) -> None:

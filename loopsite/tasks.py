@@ -8,14 +8,9 @@ log = logging.getLogger(__name__)
 
 
 @shared_task(name="loopsite.tasks.sweep_stale_work")
-def sweep_stale_work() -> None:
-    """Re-enqueue or fail work whose worker vanished, so nothing stays stuck."""
-    from reviews.gate import sweep_gate_runs
-    from reviews.generation import sweep_generation_jobs
-    from reviews.optimization import sweep_optimizations
-    from runs.work import sweep_runs
+def sweep_stale_work() -> dict[str, dict[str, int]]:
+    """Re-enqueue or fail work whose worker or message vanished, so nothing stays stuck
+    (every work kind: loopsite.work.sweep_stale_work). Runs every SWEEP_INTERVAL_SECONDS."""
+    from loopsite.work import sweep_stale_work as sweep
 
-    sweep_runs()
-    sweep_generation_jobs()
-    sweep_gate_runs()
-    sweep_optimizations()
+    return sweep()

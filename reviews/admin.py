@@ -1,5 +1,7 @@
 from django.contrib import admin
 
+from loopsite.admin import AuditedAdmin
+
 from .models import (
     Cycle,
     EvalCase,
@@ -14,7 +16,7 @@ from .models import (
 
 
 @admin.register(Cycle)
-class CycleAdmin(admin.ModelAdmin):
+class CycleAdmin(AuditedAdmin):
     list_display = ["name", "harness", "status", "created_by", "created_at"]
     list_filter = ["status", "harness"]
     search_fields = ["name"]
@@ -23,7 +25,7 @@ class CycleAdmin(admin.ModelAdmin):
 
 
 @admin.register(ReviewAssignment)
-class ReviewAssignmentAdmin(admin.ModelAdmin):
+class ReviewAssignmentAdmin(AuditedAdmin):
     list_display = ["cycle", "run", "reviewer", "assigned_by", "created_at"]
     list_filter = ["cycle"]
     raw_id_fields = ["run"]
@@ -36,7 +38,7 @@ class FeedbackItemInline(admin.TabularInline):
 
 
 @admin.register(Feedback)
-class FeedbackAdmin(admin.ModelAdmin):
+class FeedbackAdmin(AuditedAdmin):
     list_display = ["id", "cycle", "run", "reviewer", "is_merged", "verdict", "status", "version", "updated_at"]
     list_filter = ["status", "is_merged", "verdict", "cycle"]
     search_fields = ["summary", "theme", "reviewer__username"]
@@ -46,34 +48,34 @@ class FeedbackAdmin(admin.ModelAdmin):
 
 
 @admin.register(FeedbackItem)
-class FeedbackItemAdmin(admin.ModelAdmin):
+class FeedbackItemAdmin(AuditedAdmin):
     list_display = ["feedback", "kind", "position", "text", "citation_span_id", "citation_artifact", "citation_line"]
     list_filter = ["kind"]
     raw_id_fields = ["feedback"]
 
 
 @admin.register(FeedbackRevision)
-class FeedbackRevisionAdmin(admin.ModelAdmin):
+class FeedbackRevisionAdmin(AuditedAdmin):
     list_display = ["feedback", "action", "version", "by", "at"]
     list_filter = ["action"]
     raw_id_fields = ["feedback"]
 
 
 @admin.register(GenerationJob)
-class GenerationJobAdmin(admin.ModelAdmin):
+class GenerationJobAdmin(AuditedAdmin):
     list_display = ["id", "cycle", "kind", "status", "attempts", "model_name", "started_at", "finished_at"]
     list_filter = ["kind", "status"]
 
 
 @admin.register(Insight)
-class InsightAdmin(admin.ModelAdmin):
+class InsightAdmin(AuditedAdmin):
     list_display = ["id", "cycle", "run", "model_name", "created_at"]
     list_filter = ["cycle"]
     raw_id_fields = ["run", "job"]
 
 
 @admin.register(EvalCase)
-class EvalCaseAdmin(admin.ModelAdmin):
+class EvalCaseAdmin(AuditedAdmin):
     list_display = ["eval_id", "cycle", "title", "scoring_method", "status", "approved_by", "approved_at"]
     list_filter = ["status", "scoring_method", "cycle"]
     search_fields = ["eval_id", "title"]
@@ -82,7 +84,7 @@ class EvalCaseAdmin(admin.ModelAdmin):
 
 
 @admin.register(EvalCaseRevision)
-class EvalCaseRevisionAdmin(admin.ModelAdmin):
+class EvalCaseRevisionAdmin(AuditedAdmin):
     list_display = ["case", "edited_by", "at"]
     raw_id_fields = ["case"]
 
@@ -93,7 +95,7 @@ from .models import Optimization  # noqa: E402
 
 
 @admin.register(Optimization)
-class OptimizationAdmin(admin.ModelAdmin):
+class OptimizationAdmin(AuditedAdmin):
     list_display = ["id", "cycle", "status", "attempts", "retried", "model_name", "created_at", "finished_at"]
     list_filter = ["status", "retried"]
     raw_id_fields = ["cycle", "gate_run", "requested_by"]
@@ -114,7 +116,7 @@ class GateRowInline(admin.TabularInline):
 
 
 @admin.register(GateRun)
-class GateRunAdmin(admin.ModelAdmin):
+class GateRunAdmin(AuditedAdmin):
     list_display = ["id", "harness", "cycle", "kind", "status", "passed", "total", "attempts", "created_at", "finished_at"]
     list_filter = ["status", "kind"]
     raw_id_fields = ["cycle", "harness", "baseline", "requested_by"]

@@ -4,6 +4,8 @@ import json
 
 from django import forms
 
+from loopsite.forms import BoundedIntegerField
+
 from .models import EvalCase
 from .validation import validate_assertions
 
@@ -20,7 +22,7 @@ class EvalCaseForm(forms.Form):
     )
     pass_example = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3}))
     fail_example = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3}))
-    edits_seen = forms.IntegerField(widget=forms.HiddenInput, min_value=0)
+    edits_seen = BoundedIntegerField(widget=forms.HiddenInput, min_value=0, label="Edits seen")
 
     @classmethod
     def for_case(cls, case: EvalCase) -> "EvalCaseForm":
@@ -37,6 +39,8 @@ class EvalCaseForm(forms.Form):
             value = json.loads(text)
         except json.JSONDecodeError as exc:
             raise forms.ValidationError(f"Not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}.") from exc
+        except ValueError as exc:  # e.g. a number with more digits than Python converts
+            raise forms.ValidationError(f"Not valid JSON: {exc}.") from exc
         cleaned, problems = validate_assertions(value, "assertions")
         if problems:
             raise forms.ValidationError(problems)
@@ -65,4 +69,13 @@ class RejectForm(forms.Form):
     reason = forms.CharField(
         max_length=2000, widget=forms.Textarea(attrs={"rows": 2}),
         error_messages={"required": "Say why this case is rejected."},
+    )
+
+
+class ApproveForm(forms.Form):
+    reason = forms.CharField(
+        required=False, max_length=4000, widget=forms.Textarea(attrs={"rows": 2}),
+        label="Reason for approving anyway",
+        help_text="Needed when the back-test speaks against the case (it does not catch the failure it came from, "
+                  "fails its pass example, or has not run on this version).",
     )

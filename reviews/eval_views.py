@@ -19,9 +19,12 @@ from django_htmx.http import HttpResponseStopPolling, trigger_client_event
 
 from loopsite.roles import APPROVER, ENGINEER, REVIEWER, has_role, require_role
 
-from .eval_forms import EvalCaseForm, RejectForm
+from .backtest import backtest_states, rerun_backtest
+from .eval_forms import ApproveForm, EvalCaseForm, RejectForm
+from .forms import AgentFilterForm
 from .generation import GenerationError, latest_chain, latest_insights, request_generation, retry_job
 from .models import (
+    ApprovalReasonRequired,
     Cycle,
     EvalCase,
     EvalCaseStateError,
@@ -30,7 +33,7 @@ from .models import (
     GenerationJob,
     StaleEvalCaseError,
 )
-from .suite import promptfoo_yaml, suite_cases, try_case
+from .suite import promptfoo_yaml, suite_cases
 
 ANY_ROLE = (REVIEWER, APPROVER, ENGINEER)
 
@@ -165,6 +168,10 @@ def eval_list(request, pk: int):
     cases = _cases().filter(cycle=cycle).order_by("eval_id")
     if status in EvalCase.Status.values:
         cases = cases.filter(status=status)
+    cases = list(cases)
+    states = backtest_states(cases)
+    for case in cases:
+        case.bt = states[case.pk]
     counts = dict(cycle.eval_cases.values_list("status").annotate(n=Count("pk")).values_list("status", "n"))
     return render(request, "reviews/evals_list.html", {
         "cycle": cycle, "cases": cases, "status": status, "counts": counts,
@@ -199,7 +206,8 @@ def _history(case: EvalCase) -> list[dict]:
     for revision in case.revisions.select_related("edited_by"):
         fields = [name for name in EvalCase.EDITABLE_FIELDS if revision.before.get(name) != revision.after.get(name)]
         entries.append({
-            "revision": revision,
+            "revision": revision, "by": revision.edited_by.get_username() if revision.edited_by_id else
+            (revision.note or "the generator"),
             "diffs": [(name.replace("_", " "), _diff_lines(revision.before.get(name, ""), revision.after.get(name, "")))
                       for name in fields],
         })
@@ -207,15 +215,19 @@ def _history(case: EvalCase) -> list[dict]:
 
 
 def _case_context(request, case: EvalCase, *, form: EvalCaseForm | None = None, reject_form: RejectForm | None = None,
-                  error: str = "", note: str = "", tried=None) -> dict:
+                  approve_form: ApproveForm | None = None, error: str = "", note: str = "") -> dict:
     is_approver = has_role(request.user, APPROVER)
     editable = is_approver and case.status in EvalCase.EDITABLE_STATUSES
     return {
         "case": case, "cycle": case.cycle, "is_approver": is_approver, "editable": editable,
         "form": (form or EvalCaseForm.for_case(case)) if editable else None,
-        "reject_form": reject_form or RejectForm(), "history": _history(case), "error": error, "note": note,
-        "tried": tried, "can_try": has_role(request.user, APPROVER, ENGINEER),
+        "reject_form": reject_form or RejectForm(), "approve_form": approve_form or ApproveForm(),
+        "history": _history(case), "error": error, "note": note, **_backtest_context(request, case),
     }
+
+
+def _backtest_context(request, case: EvalCase) -> dict:
+    return {"case": case, "backtest": case.backtest_state(), "can_rerun": has_role(request.user, APPROVER, ENGINEER)}
 
 
 def _case_response(request, case: EvalCase, *, event: str = "", **extra):
@@ -259,32 +271,39 @@ def eval_edit(request, pk: int):
                           note="Saved." if changed else "No changes to save.")
 
 
-def _after_decision(request, case: EvalCase, *, note: str, error: str = "", reject_form=None):
+def _after_decision(request, case: EvalCase, *, note: str, error: str = "", reject_form=None, approve_form=None):
     """Answer a decision from the list (its card) or from the case page (the case fragment)."""
     next_url = request.POST.get("next", "")
     if not request.htmx:
         (messages.error if error else messages.success)(request, error or note)
-        if next_url and url_has_allowed_host_and_scheme(next_url, allowed_hosts={request.get_host()}):
+        if next_url.startswith("/") and url_has_allowed_host_and_scheme(next_url, allowed_hosts={request.get_host()}):
             return redirect(next_url)
         return redirect(case)
     if request.POST.get("from") == "list":
         fresh = _get_case(request, case.pk)
+        fresh.bt = fresh.backtest_state()
         response = render(request, "reviews/evals_list.html#case-card", {
             "case": fresh, "cycle": fresh.cycle, "is_approver": True, "card_error": error, "card_note": note,
-            "reject_form": reject_form or RejectForm(),
+            "reject_form": reject_form or RejectForm(), "approve_form": approve_form,
         })
     else:
         return _case_response(request, case, event="" if error else "evalCaseChanged", note="" if error else note,
-                              error=error, reject_form=reject_form)
+                              error=error, reject_form=reject_form, approve_form=approve_form)
     return response if error else trigger_client_event(response, "evalCaseChanged", {"case": case.pk})
 
 
 def _decide(request, pk: int, action: str):
     case = _get_case(request, pk)
     require_role(request.user, APPROVER)
-    reject_form = None
+    reject_form = approve_form = None
     try:
-        if action == "reject":
+        if action == "approve":
+            approve_form = ApproveForm(request.POST)
+            if not approve_form.is_valid():
+                return _after_decision(request, case, note="", error="Not approved: the reason is too long.",
+                                       approve_form=approve_form)
+            case.approve(by=request.user, reason=approve_form.cleaned_data["reason"])
+        elif action == "reject":
             reject_form = RejectForm(request.POST)
             if not reject_form.is_valid():
                 return _after_decision(request, case, note="", error="Say why this case is rejected.",
@@ -292,8 +311,15 @@ def _decide(request, pk: int, action: str):
             case.reject(by=request.user, reason=reject_form.cleaned_data["reason"])
         else:
             getattr(case, action)(by=request.user)
+    except ApprovalReasonRequired as exc:
+        if approve_form is not None:
+            approve_form.add_error("reason", "Write why you approve it anyway.")
+        return _after_decision(request, case, note="", approve_form=approve_form, error=(
+            f"Not approved: {exc.concern} Approving it anyway needs a written reason: fill in "
+            f"“Reason for approving anyway”."))
     except EvalCaseStateError as exc:
-        return _after_decision(request, case, note="", error=str(exc), reject_form=reject_form)
+        return _after_decision(request, case, note="", error=str(exc), reject_form=reject_form,
+                               approve_form=approve_form)
     notes = {"approve": "Approved: the case is in the regression suite.", "reject": "Rejected.",
              "retire": "Retired from the suite.", "restore": "Restored to the suite."}
     return _after_decision(request, case, note=notes[action])
@@ -319,15 +345,31 @@ def eval_restore(request, pk: int):
     return _decide(request, pk, "restore")
 
 
+@require_GET
+def eval_backtest(request, pk: int):
+    """The back-test panel: for HTMX the polled partial (polling stops once nothing is queued or running),
+    otherwise the case page, where the panel is at the top."""
+    case = _get_case(request, pk)
+    if not request.htmx:
+        return redirect(case)
+    context = _backtest_context(request, case)
+    response = render(request, "reviews/evals_detail.html#backtest", context)
+    if not context["backtest"].active:  # finished: stop polling, and refresh the case (approval may need a reason now)
+        response.status_code = HttpResponseStopPolling.status_code
+        trigger_client_event(response, "backtestFinished", {"case": case.pk})
+    return response
+
+
 @require_POST
-def eval_try(request, pk: int):
-    """Check the saved case against its source run's answer now (synchronous: the judge has a 20 s timeout)."""
+def eval_backtest_rerun(request, pk: int):
+    """"Re-run back-test": queue it for the worker (no model call here) and answer with the polling panel."""
     case = _get_case(request, pk)
     require_role(request.user, APPROVER, ENGINEER)
-    tried = try_case(case=case)
-    if request.htmx:
-        return render(request, "reviews/evals_detail.html#try-result", {"case": case, "tried": tried})
-    return render(request, "reviews/evals_detail.html", _case_context(request, case, tried=tried))
+    rerun_backtest(case=case, user=request.user)
+    if not request.htmx:
+        messages.success(request, "Back-test queued: the worker runs it through promptfoo.")
+        return redirect(case)
+    return render(request, "reviews/evals_detail.html#backtest", _backtest_context(request, case))
 
 
 # --- the regression suite ------------------------------------------------------------------------------------
@@ -339,23 +381,30 @@ def suite(request):
     show = request.GET.get("show", "active")
     statuses = {"active": [EvalCase.Status.APPROVED], "retired": [EvalCase.Status.RETIRED]}.get(
         show, [EvalCase.Status.APPROVED, EvalCase.Status.RETIRED])
+    agent_filter = AgentFilterForm(request.GET or None)
     cases = (
-        _cases().filter(status__in=statuses)
+        agent_filter.filter(_cases(), "cycle__harness__agent").filter(status__in=statuses)
         .order_by("status", "-cycle__created_at", "cycle_id", "eval_id")
     )
-    totals = EvalCase.objects.aggregate(
+    cases = list(cases)
+    states = backtest_states(cases)
+    for case in cases:
+        case.bt = states[case.pk]
+    totals = agent_filter.filter(EvalCase.objects, "cycle__harness__agent").aggregate(
         active=Count("pk", filter=Q(status=EvalCase.Status.APPROVED)),
         retired=Count("pk", filter=Q(status=EvalCase.Status.RETIRED)),
     )
     return render(request, "reviews/suite.html", {
         "cases": cases, "show": show, "totals": totals, "is_approver": has_role(request.user, APPROVER),
+        "agent_filter": agent_filter, "agent": agent_filter.chosen,
     })
 
 
 @require_GET
 def suite_download(request):
     require_role(request.user, *ANY_ROLE)
-    response = HttpResponse(promptfoo_yaml(cases=suite_cases()), content_type="application/yaml; charset=utf-8")
+    cases = AgentFilterForm(request.GET or None).filter(suite_cases(), "cycle__harness__agent")
+    response = HttpResponse(promptfoo_yaml(cases=cases), content_type="application/yaml; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="loopsite-suite-{timezone.now():%Y%m%d-%H%M}.yaml"'
     return response
 
@@ -370,7 +419,8 @@ urlpatterns = [
     path("evals/<int:pk>/reject/", eval_reject, name="eval-reject"),
     path("evals/<int:pk>/retire/", eval_retire, name="eval-retire"),
     path("evals/<int:pk>/restore/", eval_restore, name="eval-restore"),
-    path("evals/<int:pk>/try/", eval_try, name="eval-try"),
+    path("evals/<int:pk>/backtest/", eval_backtest, name="eval-backtest"),
+    path("evals/<int:pk>/backtest/run/", eval_backtest_rerun, name="eval-backtest-rerun"),
     path("suite/", suite, name="suite"),
     path("suite/promptfoo.yaml", suite_download, name="suite-download"),
 ]

@@ -3,9 +3,11 @@ from typing import Any
 
 from django import forms
 from django.contrib.auth import get_user_model
+from django.db.models.functions import Coalesce
 
+from loopsite.forms import BoundedIntegerField, BoundedModelMultipleChoiceField
 from loopsite.roles import REVIEWER
-from runs.models import Run
+from runs.models import Agent, Harness, Run
 
 from .models import Feedback, FeedbackItem
 from .trace import ANSWER, citation_label, citation_url
@@ -34,7 +36,11 @@ class ItemForm(forms.Form):
     text = forms.CharField(required=False, max_length=1000)
     citation_span_id = forms.CharField(required=False, max_length=64)
     citation_artifact = forms.CharField(required=False, max_length=200)
-    citation_line = forms.IntegerField(required=False, min_value=1)
+    citation_line = BoundedIntegerField(
+        required=False, min_value=1, max_value=10_000_000, label="Line",
+        error_messages={code: "Line number: enter a whole number from 1 to 10000000."
+                        for code in ("invalid", "min_value", "max_value")},
+    )
 
     def __init__(self, *args, run: Run, autofocus: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
@@ -78,7 +84,7 @@ class ItemForm(forms.Form):
     @property
     def citation_url(self) -> str:
         return citation_url(self.run, span_id=self.value("citation_span_id") or "",
-                            artifact=self.value("citation_artifact") or "")
+                            artifact=self.value("citation_artifact") or "", line=self.value("citation_line"))
 
     @property
     def citation_label(self) -> str:
@@ -93,6 +99,10 @@ class FeedbackDraft:
     form: FeedbackForm
     rows: list[ItemForm]
     messages: list[str] = field(default_factory=list)
+
+    # At most this many rows (observations and claims together); Django's DATA_UPLOAD_MAX_NUMBER_FIELDS
+    # (settings) leaves room for them, at five posted fields a row.
+    MAX_ROWS = 1000
 
     # Names of the parallel lists the rows post.
     FIELDS = {
@@ -126,10 +136,21 @@ class FeedbackDraft:
             rows.append(ItemForm(row, run=run))
         return cls(run=run, form=form, rows=rows)
 
+    def _room_for(self, count: int) -> bool:
+        if count <= self.MAX_ROWS:
+            return True
+        message = f"This feedback has {count} observations and claims; the limit is {self.MAX_ROWS}."
+        if message not in self.messages:
+            self.messages.append(message)
+        return False
+
     # --- in-place row operations (the form is re-rendered afterwards) ---
 
     def add(self, kind: str) -> None:
         if kind not in Kind.values:
+            return
+        if len(self.rows) >= self.MAX_ROWS:
+            self.messages.append(f"No row added: feedback holds at most {self.MAX_ROWS} observations and claims.")
             return
         row = ItemForm(
             {"kind": kind, "text": "", "citation_span_id": "", "citation_artifact": "", "citation_line": ""},
@@ -157,7 +178,8 @@ class FeedbackDraft:
     # --- validation and content ---
 
     def is_valid(self, *, complete: bool = False) -> bool:
-        valid = self.form.is_valid()
+        valid = self._room_for(len(self.rows))
+        valid = self.form.is_valid() and valid
         for row in self.rows:
             valid = row.is_valid() and valid
         if complete and valid:
@@ -249,23 +271,37 @@ class SendBackForm(forms.Form):
                               error_messages={"required": "Say what needs changing."})
 
 
-class RunChoiceField(forms.ModelMultipleChoiceField):
+class RunChoiceField(BoundedModelMultipleChoiceField):
     def label_from_instance(self, run: Run) -> str:
-        return f"{run.harness.version} · {run.label or run.pk} · {run.get_status_display()} · {run.question.text[:90]}"
+        version = run.harness.version if run.agent.is_builtin else f"{run.agent.name} {run.harness.agent_version}"
+        return f"{version} · {run.label or run.pk} · {run.get_status_display()} · {run.question.text[:90]}"
 
 
 class NewCycleForm(forms.Form):
+    """A cycle from runs picked by hand: the 200 newest runs, or the newest 200 of one agent (the list's
+    agent filter, carried in the form so the choices it was shown are the ones it checks)."""
+
+    RECENT = 200
+
     name = forms.CharField(required=False, max_length=200, help_text="Blank: harness version and today's date.")
+    agent = forms.ModelChoiceField(queryset=Agent.objects.all(), to_field_name="slug", required=False,
+                                   widget=forms.HiddenInput)
     runs = RunChoiceField(
         queryset=Run.objects.none(), widget=forms.CheckboxSelectMultiple,
         error_messages={"required": "Choose the runs to review."},
     )
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, agent: Agent | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        recent = list(Run.objects.order_by("-created_at", "-id").values_list("pk", flat=True)[:200])
+        if self.is_bound:
+            agent = Agent.objects.filter(slug=self.data.get("agent") or "").first()
+        elif agent is not None:
+            self.initial["agent"] = agent.slug
+        self.chosen_agent = agent
+        runs = Run.objects.all() if agent is None else Run.objects.filter(agent=agent)
+        recent = list(runs.order_by("-created_at", "-id").values_list("pk", flat=True)[:self.RECENT])
         self.fields["runs"].queryset = (
-            Run.objects.filter(pk__in=recent).select_related("harness", "question").order_by("-created_at", "-id")
+            Run.objects.filter(pk__in=recent).select_related("harness", "question", "agent").order_by("-created_at", "-id")
         )
 
     def clean_runs(self):
@@ -273,3 +309,73 @@ class NewCycleForm(forms.Form):
         if len({run.harness_id for run in runs}) > 1:
             raise forms.ValidationError("A cycle groups the runs of one harness version: choose runs of one harness.")
         return runs
+
+
+class TraceCycleForm(forms.Form):
+    """A cycle from an external agent's imported runs of one version, optionally within a time range
+    (of the traces' start times)."""
+
+    harness = forms.ModelChoiceField(
+        queryset=None, label="Agent version", empty_label="Choose…",
+        error_messages={"required": "Choose the agent version whose imported runs to review.",
+                        "invalid_choice": "Choose one of the listed agent versions."},
+    )
+    since = forms.DateTimeField(required=False, label="From", help_text="Blank: from its first run.",
+                                widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
+                                error_messages={"invalid": "From: enter a date and time such as 2026-11-29 09:00."})
+    until = forms.DateTimeField(required=False, label="To", help_text="Blank: up to now.",
+                                widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
+                                error_messages={"invalid": "To: enter a date and time such as 2026-11-29 18:00."})
+    name = forms.CharField(required=False, max_length=200, help_text="Blank: the version and today's date.")
+
+    MAX_RUNS = 500
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["harness"].queryset = (
+            Harness.objects.filter(origin=Harness.Origin.IMPORTED).select_related("agent").order_by("agent__name", "version"))
+        self.fields["harness"].label_from_instance = lambda h: f"{h.agent.name} · {h.agent_version} ({h.version})"
+
+    def runs(self):
+        """The finished imported runs of the chosen version in the time range, oldest first."""
+        data = self.cleaned_data
+        runs = Run.objects.filter(harness=data["harness"], source=Run.Source.IMPORTED).exclude(
+            status__in=Run.ACTIVE_STATUSES).annotate(at=Coalesce("started_at", "created_at"))
+        if data.get("since"):
+            runs = runs.filter(at__gte=data["since"])
+        if data.get("until"):
+            runs = runs.filter(at__lte=data["until"])
+        return runs.order_by("at", "pk")
+
+    def clean(self):
+        data = super().clean()
+        if data.get("since") and data.get("until") and data["since"] > data["until"]:
+            self.add_error("until", "To: choose a time after From.")
+        if self.errors:
+            return data
+        count = self.runs().count()
+        if not count:
+            raise forms.ValidationError("No finished imported run of that version falls in that time range.")
+        if count > self.MAX_RUNS:
+            raise forms.ValidationError(
+                f"{count} runs match; a cycle holds at most {self.MAX_RUNS}: narrow the time range.")
+        return data
+
+
+class AgentFilterForm(forms.Form):
+    """The GET filter of the cycles list and the suite page: one agent's (invalid values are ignored)."""
+
+    agent = forms.ModelChoiceField(queryset=None, to_field_name="slug", required=False, empty_label="Any agent")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["agent"].queryset = Agent.objects.only("id", "name", "slug")
+
+    @property
+    def chosen(self):
+        """The chosen agent, or None (no choice or an unknown one). Not `agent`: that is the field."""
+        return self.cleaned_data.get("agent") if self.is_bound and self.is_valid() else None
+
+    def filter(self, queryset, field: str):
+        """`queryset` narrowed to the agent (`field` leads from its rows to the agent)."""
+        return queryset.filter(**{field: self.chosen}) if self.chosen is not None else queryset

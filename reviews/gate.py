@@ -2,14 +2,20 @@
 
     request_gate(cycle=... | harness=..., user)   a queued GateRun (the active one if there is one)
       -> tasks.run_gate_task                      claims it, then run_gate(gate_run)
-    run_gate(gate_run)                            writes provider.py + answers.json + promptfooconfig.yaml
-                                                  into a temporary directory, runs the project's promptfoo,
-                                                  stores every row, the totals, the results file, the log tail
+    run_gate(gate_run)                            builds the config, runs it through reviews.promptfoo.run_config
+                                                  (provider.py + answers.json + promptfooconfig.yaml in a temporary
+                                                  directory, the project's promptfoo), stores every row, the totals,
+                                                  the results file, the log tail
 
 Which answers: each approved case is matched to one run of the gate's scope (a cycle's runs,
 or without a cycle the harness's runs): its source run when that is in scope, else the latest
 run there of the same question on the same dataroom. Cases with no such run are skipped and
 listed. A matched run without an answer gives a row with an error instead of a verdict.
+
+Repeats and the judge: promptfoo runs each case GATE_REPEATS times (uncached); a case passes only if
+every repeat passes (pass^N), and one whose repeats disagree is stored as flaky, a failure
+(combine_repeats). The gate run records the judge model, endpoint, rubric version and the judge's
+calibration when it started (reviews.calibration.gate_snapshot).
 
 Failure is visible and fast: promptfoo missing, promptfoo exiting without results (a malformed
 config), the time limit (GATE_TIMEOUT_SECONDS), a judge that does not answer (bounded retries
@@ -19,19 +25,10 @@ same gate run again. promptfoo's exit code 100 only means that some test failed.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import re
-import signal
-import subprocess
-import sys
-import tempfile
-import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -45,46 +42,16 @@ from loopsite.roles import APPROVER, ENGINEER, require_role
 from runs.models import Harness, Run
 
 from .models import Cycle, EvalCase, GateRow, GateRun
+from .promptfoo import JUDGE_ERROR, PromptfooError, judge_errors, provider_entry, run_config
+from .promptfoo import parse_results  # noqa: F401 - the gate's results reader, as before
 from .suite import promptfoo_test, suite_cases
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_SECONDS = 2.0  # how often the worker beats while promptfoo runs
-LOG_TAIL_CHARS = 6000
-QUEUED_STALE_SECONDS = 300  # a queued gate run not claimed for this long lost its message
 WAITING_STALE_SECONDS = 60  # a waiting gate run not checked for this long lost its poll
-REQUEST_BACKOFF_MS = 1000  # promptfoo's wait before retrying a failed judge request (default 5000)
-# How promptfoo's llm-rubric words a judge that did not answer (or did not answer JSON).
-JUDGE_ERROR_PREFIXES = ("API call error", "Could not extract JSON", "Error parsing", "Invalid JSON")
 
-# The provider promptfoo runs: it serves each run's stored answer, as the seed's trace-output provider does.
-PROVIDER_SOURCE = '''"""Loopsite's stored-answer provider for promptfoo: the answer of the run named by the test's run_id."""
-
-import json
-from pathlib import Path
-
-
-def call_api(prompt, options, context):
-    config = options.get("config") or {}
-    path = Path(config.get("answers_file") or "answers.json")
-    if not path.is_absolute():
-        path = Path(__file__).resolve().parent / path
-    answers = json.loads(path.read_text(encoding="utf-8"))
-    run_id = str((context.get("vars") or {}).get("run_id"))
-    if run_id not in answers:
-        return {"error": f"No stored answer for run {run_id} in {path.name}."}
-    item = answers[run_id]
-    return {"output": item["answer"], "metadata": {"trace_id": item["trace_id"], "question": item["question"]}}
-'''
-PROVIDER_FILE = "provider.py"
-ANSWERS_FILE = "answers.json"
-CONFIG_FILE = "promptfooconfig.yaml"
-RESULTS_FILE = "results.json"
-LOG_FILE = "promptfoo.log"
-
-
-class GateError(Exception):
-    """The gate cannot start or finish as things stand; the message is shown on the gate page."""
+# The gate cannot start or finish as things stand; the message is shown on the gate page.
+GateError = PromptfooError
 
 
 # --- what the gate runs -------------------------------------------------------------------------------
@@ -138,8 +105,7 @@ def build_gate_config(*, cases, answers_by_case: dict[int, Run]) -> dict[str, An
     return {
         "description": f"Loopsite gate: {len(tests)} approved case(s) on stored answers",
         "prompts": ["{{question}}"],
-        "providers": [{"id": f"file://{PROVIDER_FILE}", "label": "stored-answer",
-                       "config": {"answers_file": ANSWERS_FILE}}],
+        "providers": [provider_entry()],
         "tests": tests,
     }
 
@@ -148,39 +114,6 @@ def gate_answers(runs) -> dict[str, dict[str, str]]:
     """answers.json: run pk -> the run's stored answer, question and trace id."""
     return {str(run.pk): {"answer": run.final_answer or "", "question": run.question.text, "trace_id": run.trace_id}
             for run in runs}
-
-
-def write_gate_files(directory: Path, *, config: dict[str, Any], answers: dict[str, Any]) -> Path:
-    """provider.py, answers.json and promptfooconfig.yaml (JSON is valid YAML). Returns the config path."""
-    (directory / PROVIDER_FILE).write_text(PROVIDER_SOURCE, encoding="utf-8")
-    (directory / ANSWERS_FILE).write_text(json.dumps(answers, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    config_path = directory / CONFIG_FILE
-    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return config_path
-
-
-def config_problems(config: Any, workdir: Path) -> list[str]:
-    """What makes promptfoo fail slowly or obscurely, checked before it starts (promptfoo reports the rest).
-    A missing Python provider file in particular makes promptfoo 0.121 restart its worker for minutes."""
-    if not isinstance(config, dict):
-        return ["the config is not a mapping"]
-    problems = []
-    providers = config.get("providers")
-    if not isinstance(providers, list) or not providers:
-        problems.append("`providers` must be a non-empty list")
-    else:
-        for provider in providers:
-            provider_id = provider.get("id", "") if isinstance(provider, dict) else str(provider)
-            if provider_id.startswith("file://") and not (workdir / provider_id[len("file://"):]).is_file():
-                problems.append(f"the provider file {provider_id[len('file://'):]} does not exist")
-    tests = config.get("tests")
-    if not isinstance(tests, list) or not tests:
-        problems.append("`tests` must be a non-empty list")
-    elif not all(isinstance(test, dict) and isinstance(test.get("assert", []), list) for test in tests):
-        problems.append("every test must be a mapping with a list of assertions")
-    if not isinstance(config.get("prompts"), list) or not config.get("prompts"):
-        problems.append("`prompts` must be a non-empty list")
-    return problems
 
 
 @dataclass
@@ -195,7 +128,7 @@ class Plan:
 
 
 def plan_gate(gate_run: GateRun) -> Plan:
-    cases = list(suite_cases().select_related("source_run"))
+    cases = list(suite_cases(agent=gate_run.harness.agent).select_related("source_run"))
     matched = match_runs(cases, scope_runs(gate_run))
     scope = f"cycle {gate_run.cycle_id}" if gate_run.cycle_id else f"harness {gate_run.harness.version}"
     plan = Plan(order={case.pk: index for index, case in enumerate(cases)})
@@ -296,6 +229,23 @@ def poll_waiting(*, gate_run: GateRun) -> bool:
     return False
 
 
+def release_when_runs_finish(sender, item, **kwargs) -> int:
+    """loopsite.work.work_finished for a run: a waiting gate run of one of its cycles is queued as soon as the
+    last of that cycle's runs has finished, not at its next poll. Returns how many were queued."""
+    waiting = GateRun.objects.filter(status=GateRun.Status.WAITING, cycle__runs=item.pk).distinct()
+    return sum(1 for gate_run in waiting if not runs_still_active(gate_run) and _release(gate_run, now=timezone.now()))
+
+
+def _release(gate_run: GateRun, *, now) -> bool:
+    """A waiting gate run whose runs have finished -> queued, its task enqueued. Conditional, so of concurrent
+    callers (the run's finish, the sweep) only one acts."""
+    if not GateRun.objects.filter(pk=gate_run.pk, status=GateRun.Status.WAITING).update(
+            status=GateRun.Status.QUEUED, heartbeat_at=now):
+        return False
+    enqueue(gate_run)
+    return True
+
+
 def gate_when_decided(*, cycle_id: int, user) -> None:
     """Called when an eval proposal is approved or rejected: once the transaction commits, start the
     gate if no proposal of the cycle is left undecided (and AUTO_GATE is on). Never breaks the decision."""
@@ -328,179 +278,48 @@ def on_gate_finished(gate_run: GateRun) -> None:
     halo_after_gate(gate_run)
 
 
-# --- running promptfoo --------------------------------------------------------------------------------
-
-
-def promptfoo_env(workdir: Path) -> dict[str, str]:
-    """The quiet offline environment (FACTS.md) with the app's endpoint for the judge."""
-    ep = endpoint()
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("OPENAI_", "PROMPTFOO_")) and key not in ("SECRET_KEY", "DATABASE_URL")}
-    env.update({
-        "PROMPTFOO_DISABLE_TELEMETRY": "1",
-        "PROMPTFOO_DISABLE_UPDATE": "1",
-        "PROMPTFOO_DISABLE_SHARING": "1",
-        "PROMPTFOO_CONFIG_DIR": str(workdir / ".promptfoo"),
-        "PROMPTFOO_DISABLE_WAL_MODE": "1",
-        "PROMPTFOO_PYTHON": sys.executable,
-        "METADATA_SERVER_DETECTION": "none",
-        "OPENAI_API_KEY": ep.api_key or "no-key",
-        "OPENAI_BASE_URL": ep.base_url,
-        # A dead or silent judge fails in seconds: per-request timeout, short backoff (retries: suite.judge_provider).
-        "REQUEST_TIMEOUT_MS": str(int(settings.GATE_JUDGE_TIMEOUT_SECONDS * 1000)),
-        "PROMPTFOO_REQUEST_BACKOFF_MS": str(REQUEST_BACKOFF_MS),
-        "NO_COLOR": "1",
-        "FORCE_COLOR": "0",
-    })
-    return env
-
-
-def promptfoo_command(config_path: Path, results_path: Path) -> list[str]:
-    return [settings.PROMPTFOO_BIN, "eval", "-c", str(config_path), "-o", str(results_path), "--no-cache", "--no-table"]
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-def tail(path: Path, limit: int = LOG_TAIL_CHARS) -> str:
-    if not path.exists():
-        return ""
-    text = _ANSI.sub("", path.read_text(encoding="utf-8", errors="replace"))
-    return text if len(text) <= limit else "…" + text[-limit:]
-
-
-def _last_lines(text: str, count: int = 6) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return " | ".join(lines[-count:])[:1500]
-
-
-@dataclass
-class Outcome:
-    returncode: int | None
-    seconds: float
-    timed_out: bool = False
-    lost: bool = False  # the row stopped being ours (the sweep took it back)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=3)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def run_promptfoo(*, gate_run: GateRun, workdir: Path, config_path: Path, results_path: Path) -> Outcome:
-    """Run the CLI from the project directory with a time limit, beating the row while waiting."""
-    binary = settings.PROMPTFOO_BIN
-    if not Path(binary).is_file():
-        raise GateError(f"promptfoo is not installed: {binary} does not exist. Run `make install` (npm ci) in the "
-                        f"project, or set PROMPTFOO_BIN, then re-run the gate.")
-    started = time.monotonic()
-    with (workdir / LOG_FILE).open("wb") as log_file:
-        try:
-            proc = subprocess.Popen(
-                promptfoo_command(config_path, results_path), cwd=settings.BASE_DIR, env=promptfoo_env(workdir),
-                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        except OSError as exc:
-            raise GateError(f"Could not start promptfoo ({binary}): {exc}") from exc
-        deadline = started + settings.GATE_TIMEOUT_SECONDS
-        try:
-            while True:
-                try:
-                    proc.wait(timeout=max(0.05, min(HEARTBEAT_SECONDS, deadline - time.monotonic())))
-                    break
-                except subprocess.TimeoutExpired:
-                    pass
-                if time.monotonic() >= deadline:
-                    _stop(proc)
-                    return Outcome(proc.returncode, time.monotonic() - started, timed_out=True)
-                if not gate_run.beat():
-                    _stop(proc)
-                    return Outcome(proc.returncode, time.monotonic() - started, lost=True)
-        except BaseException:
-            _stop(proc)
-            raise
-    return Outcome(proc.returncode, time.monotonic() - started)
-
-
-def _judge_error(components: list[dict]) -> str:
-    """The reason of a rubric component whose judge did not answer (promptfoo then omits its `assertion`)."""
-    for component in components:
-        reason = str(component.get("reason") or "")
-        if component["assertion"].get("type") == "llm-rubric" and reason.startswith(JUDGE_ERROR_PREFIXES):
-            return reason
-    return ""
-
-
-def _with_assertions(components: list[dict], asserts: list[dict]) -> list[dict]:
-    """Components with their assertion: promptfoo leaves it out when the check itself errored, so take the
-    test's assertion at the same position (components follow the test's `assert` list in order)."""
-    filled = []
-    for index, component in enumerate(components):
-        assertion = component.get("assertion")
-        if not isinstance(assertion, dict):
-            assertion = asserts[index] if index < len(asserts) and isinstance(asserts[index], dict) else {}
-        filled.append({**component, "assertion": assertion})
-    return filled
-
-
-def _reason(grading: dict, components: list[dict]) -> str:
-    """As the seed's promptfoo_summary: the overall reason, else the first failing component's, else the first's."""
-    reason = str(grading.get("reason") or "")
-    failing = next((c for c in components if isinstance(c, dict) and c.get("pass") is False), None)
-    if not reason and failing:
-        reason = str(failing.get("reason") or "")
-    if not reason and components and isinstance(components[0], dict):
-        reason = str(components[0].get("reason") or "")
-    return reason
-
-
-def parse_results(data: dict[str, Any]) -> list[dict[str, Any]]:
-    """promptfoo's results file -> one dict per test: case_id, run_id, passed, score, reason, assertions, error."""
-    results = (data.get("results") or {}).get("results") or (data.get("results") or {}).get("outputs") or []
-    rows = []
-    for result in results:
-        test_case = result.get("testCase") or {}
-        metadata = test_case.get("metadata") or {}
-        grading = result.get("gradingResult") or {}
-        components = _with_assertions([c for c in grading.get("componentResults") or [] if isinstance(c, dict)],
-                                      list(test_case.get("assert") or []))
-        error = ""
-        if result.get("failureReason") == 2:  # promptfoo's ResultFailureReason.ERROR: no verdict at all
-            error = str(result.get("error") or "promptfoo reported an error for this test.")
-        elif judge := _judge_error(components):
-            error = f"The judge did not answer: {judge}"
-        score = result.get("score")
-        rows.append({
-            "case_id": metadata.get("case_id"),
-            "run_id": metadata.get("run_id") or (test_case.get("vars") or {}).get("run_id"),
-            "passed": bool(result.get("success")),
-            "score": float(score) if isinstance(score, (int, float)) else None,
-            "reason": _reason(grading, components)[:4000],
-            "assertions": [
-                {
-                    "type": c["assertion"].get("type", ""),
-                    "value": str(c["assertion"].get("value", ""))[:2000],
-                    "pass": c.get("pass"),
-                    "score": c.get("score"),
-                    "reason": str(c.get("reason") or "")[:2000],
-                }
-                for c in components
-            ],
-            "error": error[:4000],
-        })
-    return rows
+# --- running the gate (reviews.promptfoo runs the CLI) ----------------------------------------------
 
 
 class _Lost(Exception):
     """The gate run stopped being ours while it ran (the sweep re-queued or failed it): keep nothing."""
+
+
+def combine_repeats(parsed: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """promptfoo's rows (one per test and repeat) -> one row per test, pass^N: it passes only if every
+    repeat passed without an error. Repeats that disagree make it flaky (a failure, never a pass). The
+    row shows its first failing repeat (else its first), the lowest score, and every repeat's outcome."""
+    by_test: dict[Any, list[dict[str, Any]]] = {}
+    for item in parsed:
+        identity = (item.get("metadata") or {}).get("test_index")  # parse_results numbers rows by position otherwise
+        if identity is None:
+            identity = (item.get("case_id"), item.get("run_id"), item.get("key"))
+        by_test.setdefault(identity, []).append(item)
+    combined = []
+    for repeats in by_test.values():
+        repeats.sort(key=lambda item: item.get("repeat_index") or 0)
+        errored = next((item for item in repeats if item["error"]), None)
+        failing = next((item for item in repeats if not item["passed"]), None)
+        shown = errored or failing or repeats[0]
+        passes = sum(1 for item in repeats if item["passed"] and not item["error"])
+        flaky = errored is None and 0 < passes < len(repeats)
+        scores = [item["score"] for item in repeats if item["score"] is not None]
+        reason = shown["reason"]
+        if flaky:
+            reason = f"Flaky: passed {passes} of {len(repeats)} repeats. {reason}"[:4000]
+        combined.append({
+            **shown,
+            "passed": errored is None and passes == len(repeats),
+            "score": min(scores) if scores else None,
+            "reason": reason,
+            "repeats": len(repeats), "passes": passes, "flaky": flaky,
+            "repeat_results": [
+                {"repeat": index + 1, "passed": item["passed"] and not item["error"], "score": item["score"],
+                 "reason": item["reason"][:500], "error": item["error"][:500]}
+                for index, item in enumerate(repeats)
+            ],
+        })
+    return combined
 
 
 def _store(gate_run: GateRun, *, plan: Plan, parsed: list[dict[str, Any]], error: str = "", **fields) -> None:
@@ -508,7 +327,7 @@ def _store(gate_run: GateRun, *, plan: Plan, parsed: list[dict[str, Any]], error
     cases = {case.pk: case for case in plan.tested} | {case.pk: case for case, _ in plan.unanswered}
     runs = {run.pk: run for run in plan.answers_by_case.values()} | {run.pk: run for _, run in plan.unanswered}
     rows: list[GateRow] = []
-    for item in parsed:
+    for item in combine_repeats(parsed):
         case = cases.get(item["case_id"])
         if case is None:
             continue
@@ -516,31 +335,33 @@ def _store(gate_run: GateRun, *, plan: Plan, parsed: list[dict[str, Any]], error
             gate_run=gate_run, eval_case=case, run=runs.get(int(item["run_id"])) if item["run_id"] else None,
             position=plan.order.get(case.pk, 0), eval_id=case.eval_id, title=case.title, passed=item["passed"],
             score=item["score"], reason=item["reason"], assertions=item["assertions"], error=item["error"],
+            repeats=item["repeats"], passes=item["passes"], flaky=item["flaky"], repeat_results=item["repeat_results"],
         ))
     for case, run in plan.unanswered:
         rows.append(GateRow(gate_run=gate_run, eval_case=case, run=run, position=plan.order.get(case.pk, 0),
                             eval_id=case.eval_id, title=case.title, passed=False, error=no_answer_reason(run)))
     errors = sum(1 for row in rows if row.error)
     passed = sum(1 for row in rows if row.passed and not row.error)
-    now = timezone.now()
-    changes = dict(total=len(rows), passed=passed, errors=errors, failed=len(rows) - passed - errors,
-                   finished_at=now, heartbeat_at=now, **fields)
-    if error:
-        changes.update(status=GateRun.Status.FAILED, last_error=error[-8000:])
-    else:
-        changes.update(status=GateRun.Status.SUCCEEDED, last_error="")
-    with transaction.atomic():
-        if not GateRun.objects.filter(pk=gate_run.pk, status=GateRun.Status.RUNNING).update(**changes):
-            raise _Lost()
+
+    def replace_rows() -> None:
         GateRow.objects.filter(gate_run=gate_run).delete()
         GateRow.objects.bulk_create(rows)
-    gate_run.refresh_from_db()
+
+    if not gate_run.finish(error=error, store=replace_rows, total=len(rows), passed=passed, errors=errors,
+                           failed=len(rows) - passed - errors, flaky=sum(1 for row in rows if row.flaky), **fields):
+        raise _Lost()
 
 
 def run_gate(*, gate_run: GateRun) -> GateRun:
     """Run a claimed gate run to its end; every outcome is stored on the row."""
     ep = endpoint()
-    GateRun.objects.filter(pk=gate_run.pk).update(judge_model=settings.OPENAI_JUDGE_MODEL, endpoint=ep.base_url)
+    from .calibration import gate_snapshot, rubric_version  # the judge it runs under, and its calibration then
+
+    judge = dict(judge_model=settings.OPENAI_JUDGE_MODEL, endpoint=ep.base_url, judge_rubric_hash=rubric_version(),
+                 judge_calibration=gate_snapshot(), repeats=max(1, int(settings.GATE_REPEATS)))
+    GateRun.objects.filter(pk=gate_run.pk).update(**judge)
+    for name, value in judge.items():
+        setattr(gate_run, name, value)
     try:
         _run(gate_run)
     except _Lost:
@@ -559,14 +380,30 @@ def run_gate(*, gate_run: GateRun) -> GateRun:
     return gate_run
 
 
-def _fail(gate_run: GateRun, error: str) -> None:
+def _fail(gate_run: GateRun, error: str, **fields) -> None:
+    """Failed with a readable reason and no rows, if this attempt still owns the row."""
     log.warning("gate run %s failed: %s", gate_run.pk, error)
-    with transaction.atomic():
-        if gate_run.fail(error, total=0, passed=0, failed=0, errors=0):
-            GateRow.objects.filter(gate_run=gate_run).delete()
+    gate_run.fail(error, store=lambda: GateRow.objects.filter(gate_run=gate_run).delete(),
+                  **{"total": 0, "passed": 0, "failed": 0, "errors": 0, "flaky": 0, **fields})
+
+
+def _promptfoo(gate_run: GateRun, *, config: dict[str, Any], answers: dict[str, Any], what: str, prefix: str):
+    """promptfoo's outcome for `config`, run in the gate run's scratch directory (removed by the next attempt or
+    the sweep if this worker dies); _Lost if the gate run stopped being ours meanwhile."""
+    with gate_run.scratch_dir() as scratch:
+        outcome = run_config(config=config, answers=answers, beat=gate_run.beat, what=what, prefix=prefix,
+                             temp_root=scratch, repeat=gate_run.repeats)
+    if outcome.lost:
+        raise _Lost()
+    return outcome
 
 
 def _run(gate_run: GateRun) -> None:
+    from .endpoint import is_endpoint_gate, run_endpoint_gate
+
+    if is_endpoint_gate(gate_run):  # a candidate evaluated through its agent's HTTP endpoint
+        run_endpoint_gate(gate_run)
+        return
     plan = plan_gate(gate_run)
     if not plan.tested and not plan.unanswered:
         raise GateError("Nothing to judge: the regression suite has no approved case with a run of its question here"
@@ -576,97 +413,41 @@ def _run(gate_run: GateRun) -> None:
     if not plan.tested:  # every matched run lacks an answer: nothing for promptfoo to do
         _store(gate_run, plan=plan, parsed=[], config=stored_config, results=None, log_tail="", returncode=None)
         return
-    with tempfile.TemporaryDirectory(prefix=f"loopsite-gate-{gate_run.pk}-") as tmp:
-        workdir = Path(tmp)
-        config_path = write_gate_files(workdir, config=config, answers=gate_answers(plan.answers_by_case.values()))
-        if problems := config_problems(config, workdir):
-            raise GateError(f"The gate's promptfoo config is malformed: {'; '.join(problems)}. Nothing was run.")
-        results_path = workdir / RESULTS_FILE
-        outcome = run_promptfoo(gate_run=gate_run, workdir=workdir, config_path=config_path, results_path=results_path)
-        log_tail = tail(workdir / LOG_FILE)
-        if outcome.lost:
-            raise _Lost()
-        common = dict(config=stored_config, log_tail=log_tail, returncode=outcome.returncode)
-        if outcome.timed_out:
-            gate_run.fail(f"promptfoo did not finish within {settings.GATE_TIMEOUT_SECONDS} s and was stopped. "
-                          f"Last output: {_last_lines(log_tail) or '(none)'}", **common, total=0, passed=0, failed=0,
-                          errors=0, results=None)
-            GateRow.objects.filter(gate_run=gate_run).delete()
-            return
-        if not results_path.exists():
-            gate_run.fail(f"promptfoo exited with code {outcome.returncode} and wrote no results (a malformed config, "
-                          f"or promptfoo could not start). Its output: {_last_lines(log_tail) or '(none)'}",
-                          **common, total=0, passed=0, failed=0, errors=0, results=None)
-            GateRow.objects.filter(gate_run=gate_run).delete()
-            return
-        try:
-            data = json.loads(results_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise GateError(f"promptfoo's results file could not be read ({exc}). Its output: {_last_lines(log_tail)}")
-    parsed = parse_results(data)
-    error = ""
-    if len(parsed) != len(plan.tested):
-        error = (f"promptfoo returned {len(parsed)} result(s) for {len(plan.tested)} test(s) (exit code "
-                 f"{outcome.returncode}). Its output: {_last_lines(log_tail)}")
-    elif failing := [item for item in parsed if item["error"]]:
-        judge = [item for item in failing if item["error"].startswith("The judge did not answer")]
+    outcome = _promptfoo(gate_run, config=config, answers=gate_answers(plan.answers_by_case.values()),
+                         what="the gate", prefix=f"loopsite-gate-{gate_run.pk}-")
+    common = dict(config=stored_config, log_tail=outcome.log_tail, returncode=outcome.returncode)
+    if outcome.data is None:  # stopped at the time limit, or no results file: nothing to keep
+        _fail(gate_run, outcome.error, **common, results=None)
+        return
+    parsed = outcome.rows
+    error = outcome.error
+    if not error and (failing := [item for item in parsed if item["error"]]):
+        judge = judge_errors(failing)
         if judge:
             error = (f"The judge ({settings.OPENAI_JUDGE_MODEL} at {endpoint().base_url}) did not answer for "
-                     f"{len(judge)} of {len(parsed)} test(s): {judge[0]['error'][len('The judge did not answer: '):][:500]} "
+                     f"{len(judge)} of {len(parsed)} test(s): {judge[0]['error'][len(JUDGE_ERROR):][:500]} "
                      f"Check the model endpoint, then re-run the gate.")
         else:
             error = f"promptfoo reported an error for {len(failing)} of {len(parsed)} test(s): {failing[0]['error'][:500]}"
-    _store(gate_run, plan=plan, parsed=parsed, error=error, results=data, **common)
+    _store(gate_run, plan=plan, parsed=parsed, error=error, results=outcome.data, **common)
 
 
 # --- the sweep -----------------------------------------------------------------------------------------
 
 
-def sweep_gate_runs() -> dict[str, int]:
-    """Recover gate runs whose worker or message vanished (as runs.work.sweep_runs does for runs).
-
-    - running, heartbeat older than WORK_STALE_SECONDS: queued again while attempts < RUN_MAX_ATTEMPTS, else failed;
-    - queued and not claimed for QUEUED_STALE_SECONDS: enqueued again;
-    - waiting: queued once its runs have finished; its poll enqueued again if not checked for WAITING_STALE_SECONDS.
-    Every change is a conditional UPDATE, so concurrent sweeps act once.
-    """
-    now = timezone.now()
-    counts = {"requeued": 0, "failed": 0, "reenqueued": 0, "released": 0}
-    stale_before = now - timedelta(seconds=settings.WORK_STALE_SECONDS)
-    lost_worker = Q(status=GateRun.Status.RUNNING) & (
-        Q(heartbeat_at__lt=stale_before) | Q(heartbeat_at__isnull=True, started_at__lt=stale_before)
-    )
-    for gate_run in GateRun.objects.filter(lost_worker):
-        row = GateRun.objects.filter(lost_worker, pk=gate_run.pk, attempts=gate_run.attempts)
-        if gate_run.attempts < settings.RUN_MAX_ATTEMPTS:
-            if row.update(status=GateRun.Status.QUEUED, heartbeat_at=now,
-                          last_error=f"Worker lost during attempt {gate_run.attempts}; queued again."):
-                counts["requeued"] += 1
-                enqueue(gate_run)
-        elif row.update(status=GateRun.Status.FAILED, finished_at=now,
-                        last_error=f"Worker lost: no heartbeat for {settings.WORK_STALE_SECONDS} s after "
-                                   f"{gate_run.attempts} attempt(s). Re-run the gate to try again."):
-            counts["failed"] += 1
-    queued_before = now - timedelta(seconds=QUEUED_STALE_SECONDS)
-    lost_message = Q(status=GateRun.Status.QUEUED) & (
-        Q(heartbeat_at__lt=queued_before) | Q(heartbeat_at__isnull=True, created_at__lt=queued_before)
-    )
-    for gate_run in GateRun.objects.filter(lost_message):
-        if GateRun.objects.filter(lost_message, pk=gate_run.pk).update(heartbeat_at=now):
-            counts["reenqueued"] += 1
-            enqueue(gate_run)
+def sweep_waiting(*, now) -> dict[str, int]:
+    """The gate's part of loopsite.work.sweep_stale_work (which recovers lost workers and lost messages
+    of every kind): a waiting gate run is queued once its runs have finished, and its poll is enqueued
+    again if it was not checked for WAITING_STALE_SECONDS. Conditional UPDATEs, so concurrent sweeps act once."""
+    counts = {"released": 0, "repolled": 0}
     waiting = GateRun.objects.filter(status=GateRun.Status.WAITING)
     for gate_run in waiting:
         if not runs_still_active(gate_run):
-            if waiting.filter(pk=gate_run.pk).update(status=GateRun.Status.QUEUED, heartbeat_at=now):
-                counts["released"] += 1
-                enqueue(gate_run)
+            counts["released"] += _release(gate_run, now=now)
             continue
         checked_before = now - timedelta(seconds=max(WAITING_STALE_SECONDS, 10 * settings.GATE_POLL_SECONDS))
         lost_poll = Q(heartbeat_at__lt=checked_before) | Q(heartbeat_at__isnull=True)
         if waiting.filter(lost_poll, pk=gate_run.pk).update(heartbeat_at=now):
-            counts["reenqueued"] += 1
+            counts["repolled"] += 1
             enqueue(gate_run)
-    if any(counts.values()):
-        log.warning("gate sweep: %s", counts)
     return counts

@@ -12,6 +12,7 @@ from django.urls import path
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseStopPolling
 
+from loopsite.forms import BoundedModelMultipleChoiceField
 from loopsite.roles import APPROVER, ENGINEER, REVIEWER, has_role, require_role
 from runs.harness_forms import PromoteForm
 from runs.models import Harness, Question
@@ -41,9 +42,26 @@ def _polled(request, template: str, context: dict, *, active: bool):
 # --- one gate run ------------------------------------------------------------------------------------------
 
 
+def judge_headline(gate_run: GateRun, rows) -> dict:
+    """What the gate page says about the judge it ran under: its calibration snapshot, how many rows it
+    decided (rows decided by deterministic assertions alone need no calibration), and why promotion on
+    it needs a reason (reviews.calibration.gate_needs_reason)."""
+    from .calibration import gate_needs_reason
+
+    snapshot = gate_run.judge_calibration or {}
+    decided = sum(1 for row in rows if row.judge_decided)
+    return {
+        "judge_snapshot": snapshot,
+        "judge_decided": decided,
+        "judge_uncalibrated": bool(gate_run.is_finished and rows and not snapshot.get("calibrated")),
+        "judge_needs_reason": gate_needs_reason(gate_run) if gate_run.is_finished and rows else None,
+    }
+
+
 def gate_context(request, gate_run: GateRun, *, error: str = "") -> dict:
     rows = list(gate_run.rows.select_related("run", "eval_case"))
     return {
+        **judge_headline(gate_run, rows),
         "gate_run": gate_run,
         "rows": rows,
         "skipped": (gate_run.config or {}).get("skipped", []),
@@ -122,9 +140,8 @@ def compare_context(request, gate_run: GateRun, *, form: PromoteForm | None = No
     ready = baseline is not None and gate_run.status == baseline.status == GateRun.Status.SUCCEEDED
     compared = compared_cases(baseline, gate_run) if ready else []
     result = comparison(baseline, gate_run, compared) if ready else None
-    order = {item.result.case_id: index for index, item in enumerate(compared)}
-    by_outcome = {"regression": 0, "unverified": 1, "fix": 2}
-    rows = sorted(compared, key=lambda item: (by_outcome.get(item.result.outcome, 3), order[item.result.case_id]))
+    by_outcome = {"regression": 0, "unverified": 1, "fix": 2, "fail": 3, "pass": 4}
+    rows = sorted(compared, key=lambda item: by_outcome[item.result.outcome])  # stable: suite order within each
     candidate = gate_run.harness
     return {
         "gate_run": gate_run,
@@ -193,7 +210,7 @@ def gate_promote(request, pk: int):
 
 class EvaluateForm(forms.Form):
     baseline = forms.ModelChoiceField(queryset=Harness.objects.all(), to_field_name="version", label="Baseline")
-    extra_questions = forms.ModelMultipleChoiceField(queryset=Question.objects.all(), required=False,
+    extra_questions = BoundedModelMultipleChoiceField(queryset=Question.objects.all(), required=False,
                                                      label="Also run these questions")
 
     def __init__(self, *args, candidate: Harness, **kwargs):
@@ -229,7 +246,7 @@ def harness_evaluate(request, version: str):
         except CandidateError as exc:
             error = str(exc)
         else:
-            messages.success(request, f"Evaluating {harness.version}: its runs started; the gate runs when they finish.")
+            # No flash message: the comparison page says "Evaluating …" in its polled part, only while it is.
             return redirect("reviews:gate-compare", pk=gate_run.pk)
     else:
         error = "Not started: choose a baseline version."
@@ -239,7 +256,37 @@ def harness_evaluate(request, version: str):
     return redirect(harness)
 
 
+# --- the judge's calibration (a panel on the suite and gate pages) ---------------------------------------------
+
+
+def judge_calibration(request):
+    """GET: the calibration panel (HTMX: polled while a refresh runs). POST: refresh the calibration
+    (approvers and engineers); the judge runs in the worker, never in this request."""
+    from .calibration import page_context, request_calibration
+
+    require_role(request.user, *ANY_ROLE)
+    error = ""
+    if request.method == "POST":
+        require_role(request.user, APPROVER, ENGINEER)
+        request_calibration(user=request.user)
+        if not request.htmx:
+            messages.success(request, "The judge's calibration is being refreshed.")
+            target = request.POST.get("next", "")
+            return redirect(target if target.startswith("/") and not target.startswith("//") else "reviews:suite")
+    elif request.method != "GET":
+        from django.http import HttpResponseNotAllowed
+
+        return HttpResponseNotAllowed(["GET", "POST"])
+    context = {**page_context(), "can_refresh": has_role(request.user, APPROVER, ENGINEER), "error": error,
+               "next": request.GET.get("next", "")}
+    job = context["calibration_job"]
+    if not request.htmx and request.method == "GET":
+        return redirect("reviews:suite")
+    return _polled(request, "reviews/_judge_calibration.html", context, active=job is not None and job.is_active)
+
+
 urlpatterns = [
+    path("judge/calibration/", judge_calibration, name="judge-calibration"),
     path("gate/<int:pk>/", gate_detail, name="gate-detail"),
     path("gate/<int:pk>/rerun/", gate_rerun, name="gate-rerun"),
     path("gate/<int:pk>/compare/", gate_compare, name="gate-compare"),

@@ -14,20 +14,20 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Prefetch, Q
+from django.db.models import Prefetch
 from django.utils import timezone
 
 from loopsite.llm import endpoint, openai_client
+from loopsite.work import beat_seconds
 from loopsite.models import AuditEvent
 from loopsite.roles import APPROVER, ENGINEER, require_role
 from runs.models import Run
 
-from .models import Cycle, EvalCase, Feedback, FeedbackItem, GenerationJob, Insight
+from .models import BackTestRun, Cycle, EvalCase, Feedback, FeedbackItem, GenerationJob, Insight
 from .validation import SchemaError, parse_json, validate_evals, validate_insights
 
 log = logging.getLogger(__name__)
@@ -37,12 +37,12 @@ log = logging.getLogger(__name__)
 INSIGHTS_MARKER = "Loopsite task: llm-insights"
 EVALS_MARKER = "Loopsite task: eval-generation"
 REPAIR_MARKER = "Loopsite task: repair-json"
+# A second line under EVALS_MARKER: the request repairs one eval whose back-test speaks against it.
+EVAL_REPAIR_MARKER = "Loopsite task: eval-repair-after-backtest"
 
 MODEL_TIMEOUT_SECONDS = 300.0  # one model call; the heartbeat keeps the job alive meanwhile
-HEARTBEAT_SECONDS = 20.0
 ANSWER_CHARS = 6000
 EXCERPT_CHARS = 300
-QUEUED_STALE_SECONDS = 300
 
 
 class GenerationError(Exception):
@@ -247,6 +247,40 @@ LLM insights:
 """
 
 
+def eval_repair_prompt(*, case_item: dict[str, Any], backtest_rows: list[dict[str, Any]], traces: list[dict[str, Any]],
+                       feedback: list[dict[str, Any]], insights: list[dict[str, Any]]) -> str:
+    """One eval sent back with its back-test: the same schema, one object, checks that decide correctly."""
+    return f"""{EVALS_MARKER}
+{EVAL_REPAIR_MARKER}
+You designed the eval definition below from approved human feedback on one trace of a financial diligence analyst.
+It was back-tested with promptfoo exactly as the regression gate runs it: on the trace's stored answer (which the
+reviewers judged), on its own `suggested_fail_example` and on its own `suggested_pass_example`. A useful eval FAILS
+the answer the reviewers failed and its fail example, and PASSES its pass example. The back-test rows below show
+where this one does not: each row has the answer tested, the outcome expected, the outcome promptfoo reported, and
+why. Write a corrected version that checks what the reviewers asked for, so that it decides each row as expected.
+Return JSON only: a list with exactly one object with keys `eval_id`, `title`, `scoring_method`, `expected_behavior`,
+`source_trace_id`, `rubric`, `deterministic_assertions`, `suggested_pass_example`, and `suggested_fail_example`.
+Keep `eval_id` and `source_trace_id`. `scoring_method` must be one of `deterministic`, `llm_judge`, or `hybrid`.
+`deterministic_assertions` may use only `contains`, `icontains`, or `not-contains`; put literal phrases the answer
+must or must not contain in double quotes in the rubric.
+
+Eval definition:
+{json.dumps(case_item, indent=2, ensure_ascii=False)}
+
+Back-test rows:
+{json.dumps(backtest_rows, indent=2, ensure_ascii=False)}
+
+Traces:
+{json.dumps(traces, indent=2, ensure_ascii=False)}
+
+Human feedback:
+{json.dumps(feedback, indent=2, ensure_ascii=False)}
+
+LLM insights:
+{json.dumps(insights, indent=2, ensure_ascii=False)}
+"""
+
+
 def repair_prompt(error: SchemaError) -> str:
     return f"""{REPAIR_MARKER}
 Your previous answer (above) could not be used: {error}
@@ -258,12 +292,12 @@ Return the corrected JSON only, for the same task and with the same schema: no c
 
 @contextmanager
 def _heartbeat(job: GenerationJob) -> Iterator[None]:
-    """Beat the job's heartbeat every HEARTBEAT_SECONDS while a (blocking) model call runs."""
+    """Beat the job's heartbeat every beat_seconds() while a (blocking) model call runs."""
     stop = threading.Event()
 
     def beat() -> None:
         try:
-            while not stop.wait(HEARTBEAT_SECONDS):
+            while not stop.wait(beat_seconds()):
                 job.beat()
         finally:
             connection.close()
@@ -400,6 +434,10 @@ def generate_evals(*, job: GenerationJob) -> list[EvalCase]:
             cases.append(case)
         if not job.finish():
             raise _LostJob(job)
+        from .backtest import request_backtest  # each proposal is back-tested by the worker, then repaired once
+
+        for case in cases:
+            request_backtest(case=case, purpose=BackTestRun.Purpose.GENERATED)
         AuditEvent.record(
             actor=None, action="generation.evals", obj=job,
             summary=f"{len(cases)} eval proposal(s) for cycle {cycle.pk} from {job.model_name}",
@@ -407,6 +445,68 @@ def generate_evals(*, job: GenerationJob) -> list[EvalCase]:
         )
     _settle_cycle(cycle.pk)
     return cases
+
+
+def _eval_item(case: EvalCase) -> dict[str, Any]:
+    return {
+        "eval_id": case.eval_id, "title": case.title, "scoring_method": case.scoring_method,
+        "expected_behavior": case.expected_behavior, "source_trace_id": case.source_run.trace_id,
+        "rubric": case.rubric, "deterministic_assertions": case.deterministic_assertions,
+        "suggested_pass_example": case.pass_example, "suggested_fail_example": case.fail_example,
+    }
+
+
+def _backtest_rows(backtest_run) -> list[dict[str, Any]]:
+    return [
+        {"answer_tested": row.get_target_display() + (f" (run {row.run.label or row.run_id})" if row.run_id else ""),
+         "answer_excerpt": row.answer_excerpt, "expected": row.expected or "informational",
+         "promptfoo_outcome": row.outcome, "score": row.score, "reason": row.reason[:600],
+         "assertions": [{"type": item.get("type"), "value": item.get("value"), "pass": item.get("pass")}
+                        for item in row.assertions]}
+        for row in backtest_run.rows.select_related("run").order_by("position")
+    ]
+
+
+def repair_eval(*, case: EvalCase, backtest_run, heartbeat) -> tuple[dict[str, Any], str]:
+    """Send one proposal back to the eval generator with its back-test rows; returns (the corrected content
+    as EvalCase fields, the model). `heartbeat` (a claimed work row) beats while the model answers.
+    Raises GenerationError when the answer is not one usable eval for the same trace (after one JSON repair)."""
+    model = settings.OPENAI_EVAL_GENERATION_MODEL
+    run = case.source_run
+    feedback = [fb for fb in case.source_feedback.filter(status=Feedback.Status.APPROVED)
+                .select_related("run__question", "run__harness")
+                .prefetch_related(Prefetch("items", queryset=FeedbackItem.objects.order_by("position", "id")))]
+    insights = [insight_dict(insight) for insight in case.source_insights.select_related("run__question")]
+    full_run = Run.objects.select_related("question", "harness").prefetch_related("artifacts").get(pk=run.pk)
+    prompt = eval_repair_prompt(case_item=_eval_item(case), backtest_rows=_backtest_rows(backtest_run),
+                                traces=[trace_record(full_run)], feedback=[fb.as_seed_dict() for fb in feedback],
+                                insights=insights)
+
+    def validate(parsed: Any) -> list:
+        items = validate_evals(parsed, trace_ids={run.trace_id}, scope="the case's source run")
+        if len(items) != 1:
+            raise SchemaError(f"expected exactly one eval definition, got {len(items)}")
+        return items
+
+    messages = [{"role": "user", "content": prompt}]
+    raw = _respond(job=heartbeat, model=model, messages=messages)
+    try:
+        [item] = validate(parse_json(raw))
+    except SchemaError as first:
+        messages += [{"role": "assistant", "content": raw}, {"role": "user", "content": repair_prompt(first)}]
+        repaired = _respond(job=heartbeat, model=model, messages=messages)
+        try:
+            [item] = validate(parse_json(repaired))
+        except SchemaError as second:
+            raise GenerationError(f"The model's repair was not usable: {second}", raw_output=repaired) from second
+    content = {
+        "title": (item.get("title") or case.title)[:300], "scoring_method": item["scoring_method"] or case.scoring_method,
+        "expected_behavior": item.get("expected_behavior") or case.expected_behavior, "rubric": item.get("rubric", ""),
+        "deterministic_assertions": item["deterministic_assertions"],
+        "pass_example": item.get("suggested_pass_example", case.pass_example),
+        "fail_example": item.get("suggested_fail_example", case.fail_example),
+    }
+    return content, model
 
 
 class _LostJob(Exception):
@@ -435,44 +535,3 @@ def run_job(*, job: GenerationJob) -> None:
     log.warning("generation job %s failed: %s", job.pk, error)
     job.finish(error=error, raw_output=raw_output)
     _settle_cycle(job.cycle_id)
-
-
-# --- the sweep ---------------------------------------------------------------------------------------
-
-
-def sweep_generation_jobs() -> dict[str, int]:
-    """Recover jobs whose worker or message vanished (as runs.work.sweep_runs does for runs).
-
-    Running jobs with a heartbeat older than WORK_STALE_SECONDS go back to queued while
-    attempts < RUN_MAX_ATTEMPTS, else fail; queued jobs not claimed for QUEUED_STALE_SECONDS
-    are enqueued again. Each change is a conditional UPDATE, so concurrent sweeps act once.
-    """
-    now = timezone.now()
-    stale_before = now - timedelta(seconds=settings.WORK_STALE_SECONDS)
-    counts = {"requeued": 0, "failed": 0, "reenqueued": 0}
-    lost_worker = Q(status=GenerationJob.Status.RUNNING) & (
-        Q(heartbeat_at__lt=stale_before) | Q(heartbeat_at__isnull=True, started_at__lt=stale_before)
-    )
-    for job in GenerationJob.objects.filter(lost_worker):
-        row = GenerationJob.objects.filter(lost_worker, pk=job.pk, attempts=job.attempts)
-        if job.attempts < settings.RUN_MAX_ATTEMPTS:
-            if row.update(status=GenerationJob.Status.QUEUED, heartbeat_at=now,
-                          last_error=f"Worker lost during attempt {job.attempts}; queued again."):
-                counts["requeued"] += 1
-                enqueue(job)
-        elif row.update(status=GenerationJob.Status.FAILED, finished_at=now,
-                        last_error=f"Worker lost: no heartbeat for {settings.WORK_STALE_SECONDS} s "
-                                   f"after {job.attempts} attempt(s). Use Retry to run it again."):
-            counts["failed"] += 1
-            _settle_cycle(job.cycle_id)
-    queued_before = now - timedelta(seconds=QUEUED_STALE_SECONDS)
-    lost_message = Q(status=GenerationJob.Status.QUEUED) & (
-        Q(heartbeat_at__lt=queued_before) | Q(heartbeat_at__isnull=True, created_at__lt=queued_before)
-    )
-    for job in GenerationJob.objects.filter(lost_message):
-        if GenerationJob.objects.filter(lost_message, pk=job.pk).update(heartbeat_at=now):
-            counts["reenqueued"] += 1
-            enqueue(job)
-    if any(counts.values()):
-        log.warning("generation sweep: %s", counts)
-    return counts

@@ -16,6 +16,10 @@ Pure pieces, no models of their own:
   once when sections are missing.
 - `check_sections`, `clean_handoff`, `extract_section`, `handoff_summary`,
   `top_priorities`: reading the report.
+- `check_evidence(handoff=..., lines=...)`: the report's citations (`[feedback:ID]`,
+  `[eval:ID]`, `[gate:ID]`, `[span:ID]`) resolved against the context, each checked to be
+  about the recommendation citing it, and its "the harness does not state X" claims checked
+  against the harness prompt and tool policy; `evidence_appendix()` lists what failed.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +49,7 @@ SERVICE_NAME = "financial-diligence-analyst"
 PROJECT_ID = "financial_diligence_analyst_optimization_context"
 SCOPE = {"name": "halo-optimization-context", "version": "1"}
 # Used for the synthetic spans when there are no run spans to take a time from.
+HALO_CALL_TIMEOUT_SECONDS = 600.0  # openai's default per-call limit, which HALO's client keeps
 FALLBACK_TIMESTAMP = "2026-01-01T00:00:00.000000000Z"
 _TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{9}Z$")
 
@@ -234,11 +239,21 @@ def build_context_lines(
                 SIGNAL_SOURCE: "eval_gate",
             },
         ))
+    _with_project_ids(lines, run_count=len(run_span_lines))
     for number, line in enumerate(lines, start=1):
         problem = line_problem(line)
         if problem:
             raise ValueError(f"Optimization context line {number} ({line.get('name') or 'unnamed'}): {problem}")
     return lines
+
+
+def _with_project_ids(lines: list[dict], *, run_count: int) -> None:
+    """HALO indexes a trace under its first span's `inference.project_id` (and filters on it): a run span
+    without one (an import that named none) gets the context's, so no trace is left out."""
+    for index, line in enumerate(lines[:run_count]):
+        attributes = line.get("attributes") if isinstance(line.get("attributes"), dict) else None
+        if attributes is not None and not attributes.get("inference.project_id"):
+            lines[index] = {**line, "attributes": {**attributes, "inference.project_id": PROJECT_ID}}
 
 
 def line_problem(line: dict) -> str:
@@ -353,6 +368,13 @@ current harness config and say which case applies:
 - the harness does not state the requirement at all (missing requirement);
 - the harness states it but the runs do not reliably follow it (present but not reliably followed);
 - the problem is in the implementation or in what is observed and measured (implementation or observability defect).
+Before you write that the harness does not state something, search the system prompt and the tool policy for it:
+if they state it in other words, the case is "present but not reliably followed", not a missing requirement.
+
+Cite the evidence for every recommendation (each item of the top 3 and each row of the table), using the ids
+exactly as they appear in the trace file: `[feedback:<feedback.id>]` for a human feedback span,
+`[eval:<eval.id>]` for an eval definition, `[gate:<eval.id>]` for a gate row, `[span:<span_id>]` for any other
+span. Cite only items that are about that recommendation; Loopsite checks every citation against the data.
 
 Write a handoff that an engineer or coding agent can implement directly, using exactly these top-level
 sections in this order and no others:
@@ -515,6 +537,9 @@ class HaloOptions:
     # Consecutive failed model calls before HALO gives up (HALO's default of 10, with
     # backoff, keeps a run against a dead endpoint going for minutes).
     max_llm_failures: int = 3
+    # The endpoint's limits (loopsite.llm.model_limits): the child's model client keeps them and waits out
+    # 429 / 503 (runs.model_limits). Empty: no shared limit, 429 / 503 still waited out.
+    model_limits: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __repr__(self) -> str:  # never print the key
         return (f"HaloOptions(model={self.model!r}, base_url={self.base_url!r}, maximum_depth={self.maximum_depth}, "
@@ -525,7 +550,7 @@ def options_from_settings(**overrides: Any) -> HaloOptions:
     """HaloOptions from the app's settings and model endpoint (the stand-in when no key is set)."""
     from django.conf import settings
 
-    from loopsite.llm import endpoint
+    from loopsite.llm import endpoint, model_limits
 
     ep = endpoint()
     values = {
@@ -536,6 +561,8 @@ def options_from_settings(**overrides: Any) -> HaloOptions:
         "maximum_turns": settings.HALO_MAXIMUM_TURNS,
         "maximum_parallel_subagents": settings.HALO_MAXIMUM_PARALLEL_SUBAGENTS,
         "max_llm_failures": settings.HALO_MAX_LLM_FAILURES,
+        # A call holds its slot at most for the client's own time limit (openai's default 600 s), plus a margin.
+        "model_limits": model_limits(lease_seconds=HALO_CALL_TIMEOUT_SECONDS + 30),
     }
     values.update(overrides)
     return HaloOptions(**values)
@@ -549,6 +576,7 @@ def run_halo(
     on_event: Callable[[dict], None] | None = None,
     timeout: float = 600.0,
     history: list[dict] | None = None,
+    temp_root: Path | None = None,
 ) -> str:
     """Run HALO over `context_path` with `prompt` and return its report text.
 
@@ -561,7 +589,7 @@ def run_halo(
     context_path = Path(context_path).resolve()
     if not context_path.is_file():
         raise HaloError(f"The optimization context {context_path} does not exist.")
-    workdir = Path(tempfile.mkdtemp(prefix="loopsite-halo-")).resolve()
+    workdir = Path(tempfile.mkdtemp(prefix="loopsite-halo-", dir=temp_root)).resolve()
     (workdir / "tmp").mkdir()
     messages = [*(history or []), {"role": "user", "content": prompt}]
     job = {
@@ -576,6 +604,7 @@ def run_halo(
         "index_dir": str(workdir / "index"),
         "status_interval": options.status_interval,
         "max_llm_failures": options.max_llm_failures,
+        "model_limits": options.model_limits,
     }
     try:
         return _run_child(job, workdir=workdir, on_event=on_event, timeout=timeout)
@@ -655,6 +684,7 @@ def run_halo_with_retry(
     options: HaloOptions,
     on_event: Callable[[dict], None] | None = None,
     timeout: float = 600.0,
+    temp_root: Path | None = None,
 ) -> tuple[str, list[str]]:
     """Run HALO; when its report lacks sections (or has them out of order), re-prompt once.
 
@@ -662,7 +692,8 @@ def run_halo_with_retry(
     naming the problems. Returns (report, problems still present after the retry;
     empty when the report is complete).
     """
-    report = run_halo(context_path=context_path, prompt=prompt, options=options, on_event=on_event, timeout=timeout)
+    report = run_halo(context_path=context_path, prompt=prompt, options=options, on_event=on_event, timeout=timeout,
+                      temp_root=temp_root)
     problems = check_sections(report)
     if not problems:
         return report, []
@@ -671,7 +702,7 @@ def run_halo_with_retry(
         on_event({"type": "retry", "missing": problems})
     history = [{"role": "user", "content": prompt}, {"role": "assistant", "content": report}]
     second = run_halo(context_path=context_path, prompt=render_retry_prompt(problems), options=options,
-                      on_event=on_event, timeout=timeout, history=history)
+                      on_event=on_event, timeout=timeout, history=history, temp_root=temp_root)
     second_problems = check_sections(second)
     if len(second_problems) > len(problems):  # the retry made it worse: keep the first report
         return report, problems
@@ -713,3 +744,247 @@ def _with_tail(tail: str) -> str:
         return ""
     lines = tail.splitlines()[-15:]
     return "\nHALO stderr (tail):\n" + "\n".join(lines)
+
+
+# -- checking the handoff's evidence ---------------------------------------------------------------------------
+#
+# Every recommendation cites what supports it with CITATION_SYNTAX (ids as they appear in the context):
+# `[feedback:<feedback.id>]`, `[eval:<eval.id>]`, `[gate:<eval.id of a gate row>]`, `[span:<span_id>]`.
+# `check_evidence()` resolves each citation against the context lines and marks those that do not
+# exist, or whose item shares no subject word with the recommendation citing it (a wrong theme); it
+# also checks every "the harness/prompt does not state X" claim against the harness prompt and tool
+# policy, and lists recommendations that cite nothing.
+
+CITATION = re.compile(r"\[(feedback|eval|gate|span):\s*([^\]\s]+)\s*\]")
+CITATION_SYNTAX = "[feedback:ID], [eval:EVAL_ID], [gate:EVAL_ID], [span:SPAN_ID]"
+_OMISSION = re.compile(
+    r"\b(?:harness|(?:system )?prompt|tool policy|instructions?)\b[^.\n|]{0,60}?\b(?:does not|doesn't|do not|never|nowhere)"
+    r"\s+(?:state|say|mention|require|include|cover|contain|ask|tell|spell out)s?\b([^.\n|]*)",
+    re.IGNORECASE,
+)
+_WORD = re.compile(r"[a-z][a-z0-9]+")
+# Words every recommendation and every signal share; they say nothing about the subject.
+_GENERIC = frozenset("""
+about above after again against also analyst and answer answers any are because been before being both but
+can cite cited cites claim claims could does doing each eval evals evidence feedback figure figures file files
+for from gate harness has have how human into its itself just make model more most must next not now only other
+our out over own prompt rather report reports rule rules same should some source sources span spans state states
+such than that the their them then there these they this those through too trace traces under until very was
+were what when where which while who why will with would you your add added adding keep run runs row rows
+system instruction instructions recommendation recommendations change changes item items version pass passes
+passed fail fails failed failing case cases use uses using say says said mention mentions name names
+write writes written tell tells ensure""".split())
+
+
+def _stem(word: str) -> str:
+    for suffix in ("ations", "ation", "ions", "ion", "ings", "ing", "ies", "ed", "es", "s", "ly"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 4:
+            return word[: -len(suffix)]
+    return word
+
+
+def subject_words(text: str) -> set[str]:
+    """The stems of a text's subject words (no generic words such as answer, harness, evidence)."""
+    return {_stem(word) for word in _WORD.findall((text or "").lower().replace("_", " ").replace("-", " "))
+            if word not in _GENERIC and len(word) >= 3}
+
+
+def _sentences(text: str) -> list[str]:
+    parts = re.split(r"(?<=[.!?])\s+|\n+", text or "")
+    return [" ".join(part.split()) for part in parts if part.strip()]
+
+
+def citation_targets(lines: list[dict]) -> dict[tuple[str, str], str]:
+    """(kind, id) -> the text of what can be cited in these context lines."""
+    targets: dict[tuple[str, str], str] = {}
+    for line in lines:
+        attributes = line.get("attributes") or {}
+        source = attributes.get(SIGNAL_SOURCE)
+        span_id = str(line.get("span_id") or "")
+        text = " ".join(str(value) for key, value in attributes.items()
+                        if isinstance(value, str) and not key.startswith(("inference.", "openinference.", "optimizer.")))
+        if span_id:
+            targets[("span", span_id)] = f"{line.get('name') or ''} {text}"
+        if source == "human_feedback" and attributes.get("feedback.id"):
+            targets[("feedback", str(attributes["feedback.id"]))] = " ".join(str(attributes.get(key) or "") for key in (
+                "feedback.question", "feedback.summary", "feedback.required_observations", "feedback.prohibited_claims"))
+        elif source == "generated_eval" and attributes.get("eval.id"):
+            targets[("eval", str(attributes["eval.id"]))] = " ".join(str(attributes.get(key) or "") for key in (
+                "eval.title", "eval.expected_behavior"))
+        elif source == "eval_gate" and line.get("name") == "eval_gate.result" and attributes.get("eval.id"):
+            targets[("gate", str(attributes["eval.id"]))] = " ".join(str(attributes.get(key) or "") for key in (
+                "eval.title", "eval.explanation"))
+    # A gate row is about what its eval is about: read the eval's definition with it.
+    for (kind, ident), text in list(targets.items()):
+        if kind == "gate" and ("eval", ident) in targets:
+            targets[(kind, ident)] = f"{text} {targets[('eval', ident)]}"
+    return targets
+
+
+def harness_texts(lines: list[dict]) -> str:
+    """The harness prompt and tool policy, from the context's harness config span."""
+    for line in lines:
+        attributes = line.get("attributes") or {}
+        if attributes.get(SIGNAL_SOURCE) == "harness_config":
+            policy = attributes.get("harness.tool_policy") or ""
+            try:
+                policy = "\n".join(_strings(json.loads(policy)))
+            except (TypeError, ValueError):
+                pass
+            return f"{attributes.get('harness.system_prompt') or ''}\n{policy}"
+    return ""
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [text for item in value.values() for text in _strings(item)]
+    if isinstance(value, list):
+        return [text for item in value for text in _strings(item)]
+    return []
+
+
+def recommendation_units(handoff: str) -> list[str]:
+    """The recommendations: the numbered items of the top 3 (with their indented lines) and the table's rows."""
+    units: list[str] = []
+    top = extract_section(handoff, "## Top 3 changes to implement first")
+    current: list[str] = []
+    for line in top.splitlines()[1:]:
+        if re.match(r"^\s*\d+[.)]\s+", line):
+            if current:
+                units.append("\n".join(current))
+            current = [line.strip()]
+        elif current and line.strip():
+            current.append(line.strip())
+    if current:
+        units.append("\n".join(current))
+    table = extract_section(handoff, "## Ranked recommendation table")
+    for line in table.splitlines():
+        if line.startswith("|") and not re.match(r"^\|\s*-", line) and not re.match(r"^\|\s*rank\b", line, re.I):
+            units.append(line.strip())
+    return units
+
+
+def _subject_text(unit: str) -> str:
+    """What a recommendation is about: its text without citations, evidence counts and validation steps."""
+    text = CITATION.sub(" ", unit)
+    if text.startswith("|"):
+        cells = [cell.strip() for cell in text.strip("|").split("|")]
+        return cells[1] if len(cells) > 1 else text
+    text = re.split(r"\n\s*Evidence:", text)[0]
+    return text
+
+
+def _described_elsewhere(title: str, handoff: str) -> set[str]:
+    """Subject words of the handoff's other passages about the same recommendation: each block (between blank
+    lines) that contains its title, with a quoted block right after it (e.g. the sentence to add)."""
+    title = re.sub(r"^\s*\d+[.)]\s*|\*", "", title.split("\n")[0]).strip(" .")
+    title = title.split(":", 1)[1].strip() if ":" in title and len(title.split(":", 1)[1].split()) >= 3 else title
+    if len(title.split()) < 3:
+        return set()
+    blocks = re.split(r"\n\s*\n", handoff or "")
+    words: set[str] = set()
+    for index, block in enumerate(blocks):
+        if title.lower() in " ".join(block.replace("*", "").split()).lower():
+            words |= subject_words(CITATION.sub(" ", block))
+            following = blocks[index + 1].strip() if index + 1 < len(blocks) else ""
+            if following.startswith(">"):
+                words |= subject_words(following)
+    return words
+
+
+def _stated_in(claim: str, unit: str, harness: str) -> str:
+    """The harness sentence that states what `claim` says it does not ("" if none does)."""
+    target = re.split(r"[,;:(]| and | but ", claim.strip(" :,;"), maxsplit=1)[0].strip()
+    if not subject_words(target) or re.fullmatch(r"(?:(?:this|the|that|its?|such an?)\s*)?(?:rule|requirement|instruction|"
+                                                 r"behaviou?r|check|step)?s?", target.lower()):
+        quoted = re.findall(r'"([^"\n]{20,})"|“([^”\n]{20,})”', unit)
+        target = next((a or b for a, b in quoted), "") or _subject_text(unit)
+    wanted = subject_words(target)
+    if not wanted:
+        return ""
+    for sentence in _sentences(harness):
+        words = subject_words(sentence)
+        shared = wanted & words
+        # The harness sentence is about the same thing: it shares at least three subject words with the claim,
+        # and at least half of its own subject words are the claim's; or it holds all of a short claim's words.
+        if (len(shared) >= 3 and len(shared) * 2 >= len(words)) or (len(wanted) <= 4 and wanted <= words):
+            return sentence
+    return ""
+
+
+def check_evidence(*, handoff: str, lines: list[dict]) -> dict[str, list[dict]]:
+    """Resolve the handoff's citations and check its "does not state" claims against the harness.
+
+    Returns {"citations": [...], "unresolved": [...], "uncited": [...], "stated_claims": [...]}: every
+    citation with its status (`ok`, `missing`: no such id in the cycle's data, `wrong_theme`: the cited
+    item shares no subject word with the recommendation), the unresolved ones again, recommendations
+    citing nothing, and "does not state" claims the harness does state (with the sentence that states it).
+    """
+    targets = citation_targets(lines)
+    harness = harness_texts(lines)
+    citations: list[dict] = []
+    uncited: list[dict] = []
+    seen: set[tuple[str, str, str]] = set()
+    for unit in recommendation_units(handoff):
+        found = CITATION.findall(unit)
+        subject = subject_words(_subject_text(unit)) | _described_elsewhere(_subject_text(unit), handoff)
+        if not found:
+            uncited.append({"recommendation": _short_text(_subject_text(unit))})
+        for kind, ident in found:
+            key = (kind, ident, _short_text(_subject_text(unit)))
+            if key in seen:
+                continue
+            seen.add(key)
+            entry = {"citation": f"[{kind}:{ident}]", "kind": kind, "id": ident,
+                     "recommendation": _short_text(_subject_text(unit))}
+            text = targets.get((kind, ident))
+            if text is None:
+                entry.update(status="missing", reason=f"No {kind} with id {ident} in this cycle's data.")
+            elif kind != "span" and subject and not (subject & subject_words(text)):
+                entry.update(status="wrong_theme",
+                             reason=f"The cited {kind} is about something else: {_short_text(text, 160)}")
+            else:
+                entry.update(status="ok", reason="")
+            citations.append(entry)
+    stated: list[dict] = []
+    if harness.strip():
+        for unit in [*recommendation_units(handoff), *_sentences(extract_section(handoff, "## Supporting diagnosis and evidence"))]:
+            for match in _OMISSION.finditer(CITATION.sub(" ", unit)):
+                sentence = _stated_in(match.group(1), unit, harness)
+                if sentence:
+                    item = {"claim": _short_text(match.group(0), 200), "recommendation": _short_text(_subject_text(unit)),
+                            "harness_sentence": sentence}
+                    if item not in stated:
+                        stated.append(item)
+    return {"citations": citations, "unresolved": [c for c in citations if c["status"] != "ok"],
+            "uncited": uncited, "stated_claims": stated}
+
+
+def _short_text(text: str, limit: int = 140) -> str:
+    text = " ".join(re.sub(r"[*`]", "", text or "").split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def evidence_appendix(checks: dict[str, list[dict]]) -> str:
+    """What the downloaded handoff lists at its end: unresolved citations and contradicted claims."""
+    unresolved = checks.get("unresolved") or []
+    stated = checks.get("stated_claims") or []
+    uncited = checks.get("uncited") or []
+    if not (unresolved or stated or uncited):
+        return ""
+    lines = ["", "---", "", "## Evidence check (added by Loopsite)", ""]
+    if unresolved:
+        lines.append("Unresolved citations (the cited item does not exist in this cycle, or is about something else):")
+        lines += [f"- `{item['citation']}` in \"{item['recommendation']}\": {item['reason']}" for item in unresolved]
+        lines.append("")
+    if stated:
+        lines.append("Claims that the harness does not state something it does state:")
+        lines += [f"- \"{item['claim']}\" — the harness says: \"{item['harness_sentence']}\"" for item in stated]
+        lines.append("")
+    if uncited:
+        lines.append("Recommendations that cite no evidence:")
+        lines += [f"- {item['recommendation']}" for item in uncited]
+        lines.append("")
+    return "\n".join(lines)

@@ -9,7 +9,9 @@ Job (JSON on stdin):
     context_path, messages ([{role, content}], the last one the prompt) or prompt,
     model, base_url, api_key, maximum_depth, maximum_turns,
     maximum_parallel_subagents, index_dir, status_interval (seconds, optional),
-    max_llm_failures (optional: consecutive failed model calls before HALO gives up; HALO's own is 10).
+    max_llm_failures (optional: consecutive failed model calls before HALO gives up; HALO's own is 10),
+    model_limits (optional: the endpoint's limits and the Redis URL that counts them, see
+    runs.model_limits; HALO's model client keeps them and waits out 429 / 503 for their Retry-After).
 
 Output: one JSON object per line on stdout, as things happen:
     {"type": "status", "elapsed": 1.9}                                  every status_interval
@@ -119,6 +121,25 @@ def build_config(job: dict[str, Any]):  # noqa: ANN201 - engine types are import
     )
 
 
+def limit_model_calls(job: dict[str, Any]) -> None:
+    """HALO builds its one AsyncOpenAI client in engine.main (every agent and subagent shares it): give that
+    client the limited transport of runs.model_limits, as the agent child's client has."""
+    import engine.main
+    from openai import AsyncOpenAI, DefaultAsyncHttpxClient
+
+    from runs.model_limits import limited_transport
+
+    class LimitedAsyncOpenAI(AsyncOpenAI):
+        def __init__(self, **kwargs: Any) -> None:
+            if kwargs.get("http_client") is None:
+                transport = limited_transport(job.get("model_limits"), base_url=str(kwargs.get("base_url") or job["base_url"]),
+                                              status_path=None)
+                kwargs["http_client"] = DefaultAsyncHttpxClient(transport=transport)
+            super().__init__(**kwargs)
+
+    engine.main.AsyncOpenAI = LimitedAsyncOpenAI
+
+
 def job_messages(job: dict[str, Any]) -> list[dict[str, str]]:
     messages = job.get("messages")
     if not messages:
@@ -144,6 +165,8 @@ async def run_job(job: dict[str, Any], out: EventWriter) -> str:
     # Nothing from this process is uploaded anywhere (HALO clears the processors too).
     set_trace_processors([])
     set_tracing_disabled(True)
+
+    limit_model_calls(job)
 
     config = build_config(job)
     messages = [AgentMessage(role=m["role"], content=m["content"]) for m in job_messages(job)]

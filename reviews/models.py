@@ -6,7 +6,7 @@ counts as approved when its merged feedback is approved; approving it also marks
 submissions it was built from as approved. `approve_run()` is the only way in.
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
@@ -16,8 +16,11 @@ from django.urls import reverse
 from django.utils import timezone
 
 from loopsite.models import AuditEvent
-from loopsite.work import TrackedWork
+from loopsite.work import WorkItem
 from loopsite.roles import APPROVER, ENGINEER, REVIEWER, has_role
+
+if TYPE_CHECKING:
+    from .backtest import BackTestState
 
 
 class FeedbackStateError(Exception):
@@ -123,12 +126,27 @@ class Cycle(models.Model):
 
     def progress(self) -> dict[str, int]:
         """reviewed = runs with at least one submitted feedback; approved = runs whose merged feedback is approved."""
-        counts = self.runs_with_state().aggregate(
-            total=Count("pk"),
-            reviewed=Count("pk", filter=Q(is_reviewed=True)),
-            approved=Count("pk", filter=Q(is_approved=True)),
+        return Cycle.progress_of([self.pk])[self.pk]
+
+    @staticmethod
+    def progress_of(cycle_ids) -> dict[int, dict[str, int]]:
+        """`progress()` of many cycles in one query (the cycles list), by cycle id."""
+        cycle_ids = list(cycle_ids)
+        feedback = Feedback.objects.filter(cycle_id=OuterRef("cycle_id"), run_id=OuterRef("run_id"))
+        rows = (
+            Cycle.runs.through.objects.filter(cycle_id__in=cycle_ids)
+            .annotate(
+                is_reviewed=Exists(feedback.filter(is_merged=False, status__in=Feedback.REVIEWED_STATUSES)),
+                is_approved=Exists(feedback.filter(is_merged=True, status=Feedback.Status.APPROVED)),
+            )
+            .values("cycle_id")
+            .annotate(total=Count("pk"), reviewed=Count("pk", filter=Q(is_reviewed=True)),
+                      approved=Count("pk", filter=Q(is_approved=True)))
         )
-        return {key: counts[key] or 0 for key in ("total", "reviewed", "approved")}
+        counts = {cycle_id: {"total": 0, "reviewed": 0, "approved": 0} for cycle_id in cycle_ids}
+        for row in rows:
+            counts[row["cycle_id"]] = {key: row[key] for key in ("total", "reviewed", "approved")}
+        return counts
 
     def next_run_for(self, user):
         """The first run assigned to `user` here that they have not submitted feedback on."""
@@ -313,6 +331,7 @@ class Feedback(models.Model):
             "question": run.question.text,
             "source_type": "human_feedback",
             "theme": self.theme,
+            "verdict": self.verdict,  # pass / mixed / fail: whether the answer shows the failure to catch
             "summary": self.summary,
             "required_observations": [item.text for item in self.observations()],
             "prohibited_claims": [item.text for item in self.claims()],
@@ -499,6 +518,9 @@ def approve_run(*, cycle: Cycle, run, by, content: dict[str, Any], version: int)
         from .generation import start_when_reviewed  # part 2: the insights -> evals chain, on commit
 
         start_when_reviewed(cycle=cycle, run=run, user=by)
+        from .calibration import calibrate_when_approved  # the judge's calibration gains labels, on commit
+
+        calibrate_when_approved(user=by)
     merged._refresh_from(locked)
     return merged
 
@@ -558,7 +580,8 @@ class FeedbackItem(models.Model):
     def citation_url(self) -> str:
         from .trace import citation_url
 
-        return citation_url(self.feedback.run, span_id=self.citation_span_id, artifact=self.citation_artifact)
+        return citation_url(self.feedback.run, span_id=self.citation_span_id, artifact=self.citation_artifact,
+                            line=self.citation_line)
 
     @property
     def citation_label(self) -> str:
@@ -587,32 +610,24 @@ class FeedbackRevision(models.Model):
 # --- Generation (behaviour in part 2) ---------------------------------------------------------
 
 
-class GenerationJob(TrackedWork, models.Model):
-    """One step of the insights -> evals chain for a cycle; task state lives here."""
+class GenerationJob(WorkItem):
+    """One step of the insights -> evals chain for a cycle; task state (loopsite.work.WorkItem) lives here."""
+
+    WORK_KIND = "generation"
+    LOST_HINT = "Use Retry to run it again."
+    REQUEUE_ACTION = "generation.retry"
+    TEXT_CAPS = {"raw_output": 200_000}
 
     class Kind(models.TextChoices):
         INSIGHTS = "insights", "LLM insights"
         EVALS = "evals", "Eval generation"
 
-    class Status(models.TextChoices):
-        QUEUED = "queued", "Queued"
-        RUNNING = "running", "Running"
-        SUCCEEDED = "succeeded", "Succeeded"
-        FAILED = "failed", "Failed"
-
     cycle = models.ForeignKey(Cycle, on_delete=models.CASCADE, related_name="generation_jobs")
     kind = models.CharField(max_length=12, choices=Kind.choices)
-    status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED)
-    attempts = models.PositiveSmallIntegerField(default=0)
-    last_error = models.TextField(blank=True)
     raw_output = models.TextField(blank=True, help_text="The model's last raw output, kept when it fails validation.")
     model_name = models.CharField(max_length=120, blank=True)
     endpoint = models.CharField(max_length=300, blank=True)
     requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -621,53 +636,31 @@ class GenerationJob(TrackedWork, models.Model):
     def __str__(self) -> str:
         return f"{self.get_kind_display()} for cycle {self.cycle_id} ({self.status})"
 
-    ACTIVE_STATUSES = (Status.QUEUED, Status.RUNNING)
+    @classmethod
+    def enqueue_work(cls, pk: int) -> None:
+        from .generation import enqueue
 
-    def claim(self) -> bool:
-        """Take a queued job for this worker (a conditional UPDATE). False if someone else has it or it is done."""
-        now = timezone.now()
-        claimed = GenerationJob.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(
-            status=self.Status.RUNNING, attempts=models.F("attempts") + 1, started_at=now, heartbeat_at=now,
-            finished_at=None, last_error="", raw_output="",
-        )
-        if claimed:
-            self.refresh_from_db()
-        return bool(claimed)
+        job = cls.objects.filter(pk=pk).first()
+        if job is not None:
+            enqueue(job)
 
-    def beat(self) -> None:
-        GenerationJob.objects.filter(pk=self.pk, status=self.Status.RUNNING).update(heartbeat_at=timezone.now())
+    def claim_resets(self) -> dict[str, Any]:
+        return {"raw_output": ""}
 
-    def finish(self, *, error: str = "", raw_output: str = "") -> bool:
-        """Running -> succeeded, or failed with `error`. False if the job was no longer running (e.g. swept)."""
-        now = timezone.now()
-        changes = {"finished_at": now, "heartbeat_at": now}
-        if error:
-            changes.update(status=self.Status.FAILED, last_error=error[-8000:], raw_output=raw_output[-200_000:])
-        else:
-            changes.update(status=self.Status.SUCCEEDED, last_error="", raw_output="")
-        done = GenerationJob.objects.filter(pk=self.pk, status=self.Status.RUNNING).update(**changes)
-        if done:
-            self.refresh_from_db()
-        return bool(done)
+    @classmethod
+    def after_given_up(cls, pk: int) -> None:
+        from .generation import _settle_cycle
 
-    def requeue(self, *, by) -> bool:
-        """A failed job back to queued (the Retry button). False if it is not failed."""
-        with transaction.atomic():
-            locked = GenerationJob.objects.select_for_update().get(pk=self.pk)
-            if locked.status != self.Status.FAILED:
-                return False
-            before = {"status": locked.status, "attempts": locked.attempts, "last_error": locked.last_error}
-            locked.status = self.Status.QUEUED
-            locked.heartbeat_at = timezone.now()  # when it was (re-)enqueued, for the sweep
-            locked.finished_at = None
-            locked.save(update_fields=["status", "heartbeat_at", "finished_at"])
-            AuditEvent.record(
-                actor=by, action="generation.retry", obj=locked,
-                summary=f"Retry of the {locked.get_kind_display().lower()} step for cycle {locked.cycle_id}",
-                before=before, after={"status": locked.status},
-            )
-        self.refresh_from_db()
-        return True
+        cycle_id = cls.objects.filter(pk=pk).values_list("cycle_id", flat=True).first()
+        if cycle_id is not None:
+            _settle_cycle(cycle_id)
+
+    def finish(self, attempt: int | None = None, *, error: str = "", raw_output: str = "", **fields) -> bool:
+        """Running -> succeeded, or failed with `error` (keeping the model's raw output). False if no longer ours."""
+        return super().finish(attempt, error=error, raw_output=raw_output if error else "", **fields)
+
+    def requeue_summary(self) -> str:
+        return f"Retry of the {self.get_kind_display().lower()} step for cycle {self.cycle_id}"
 
 
 class Insight(models.Model):
@@ -691,6 +684,21 @@ class Insight(models.Model):
 
 class EvalCaseStateError(Exception):
     """The eval case is not in a state that allows this change."""
+
+
+class ApprovalReasonRequired(EvalCaseStateError):
+    """Approving this case needs a written reason: its back-test speaks against it."""
+
+    def __init__(self, concern: str):
+        super().__init__(f"{concern} Approving it anyway needs a written reason.")
+        self.concern = concern
+
+
+def _hash_json(value: Any) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
 class StaleEvalCaseError(Exception):
@@ -732,6 +740,9 @@ class EvalCase(models.Model):
     fail_example = models.TextField(blank=True)
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.PROPOSED, db_index=True)
     reject_reason = models.TextField(blank=True)
+    approval_concern = models.CharField(
+        max_length=300, blank=True, help_text="What its back-test said against it when it was approved anyway.")
+    approval_reason = models.TextField(blank=True, help_text="The approver's written reason for approving it anyway.")
     source_feedback = models.ManyToManyField(Feedback, blank=True, related_name="eval_cases")
     source_insights = models.ManyToManyField(Insight, blank=True, related_name="eval_cases")
     job = models.ForeignKey(GenerationJob, null=True, blank=True, on_delete=models.SET_NULL, related_name="eval_cases")
@@ -767,7 +778,26 @@ class EvalCase(models.Model):
         return {
             **self.content(), "eval_id": self.eval_id, "status": self.status, "reject_reason": self.reject_reason,
             "approved_by": self.approved_by.get_username() if self.approved_by_id else None,
+            "approval_concern": self.approval_concern, "approval_reason": self.approval_reason,
         }
+
+    # What a back-test depends on: a change to any of these makes the last back-test stale.
+    CHECK_FIELDS = ("scoring_method", "rubric", "deterministic_assertions", "pass_example", "fail_example")
+
+    def checks_hash(self) -> str:
+        return _hash_json({name: getattr(self, name) for name in self.CHECK_FIELDS})
+
+    def rubric_hash(self) -> str:
+        return _hash_json(self.rubric.strip()) if self.rubric.strip() else ""
+
+    def latest_backtest(self) -> "BackTestRun | None":
+        return self.backtest_runs.order_by("-created_at", "-pk").first()
+
+    def backtest_state(self) -> "BackTestState":
+        """What the back-tests say about the present version of the case (reviews/backtest.py)."""
+        from .backtest import backtest_state
+
+        return backtest_state(self)
 
     def problems(self) -> list[str]:
         """Why this case could not run as a promptfoo test (empty when it can)."""
@@ -800,21 +830,48 @@ class EvalCase(models.Model):
                 raise EvalCaseStateError(f"The case is {locked.get_status_display().lower()}: it cannot be edited.")
             if edits_seen is not None and locked.revisions.count() != edits_seen:
                 raise StaleEvalCaseError(locked)
-            before = locked.content()
-            after = {**before, **{name: content[name] for name in self.EDITABLE_FIELDS if name in content}}
-            changed = [name for name in self.EDITABLE_FIELDS if after[name] != before[name]]
+            changed = locked._apply(content, by=by, action="edit", note="", summary=lambda fields: (
+                f"Edited {', '.join(fields)} of eval {locked.eval_id} (cycle {locked.cycle_id})"))
             if not changed:
                 self._refresh_from(locked)
                 return False
-            snapshot_before = locked.snapshot()
-            for name in changed:
-                setattr(locked, name, after[name])
-            locked.save(update_fields=[*changed, "updated_at"])
-            EvalCaseRevision.objects.create(case=locked, edited_by=by, before=before, after=after)
-            locked._record(by=by, action="edit", before=snapshot_before,
-                           summary=f"Edited {', '.join(changed)} of eval {locked.eval_id} (cycle {locked.cycle_id})")
+            if set(changed) & set(self.CHECK_FIELDS):
+                from .backtest import request_backtest  # the edited checks are back-tested again
+
+                request_backtest(case=locked, purpose=BackTestRun.Purpose.EDITED, user=by)
         self._refresh_from(locked)
         return True
+
+    def revise(self, *, content: dict[str, Any], note: str, edits_seen: int | None = None) -> bool:
+        """The generator's change to a proposal (a repair after its back-test, or keeping the better version):
+        a revision without a user, audited. False if nothing changed, the case is no longer proposed, or
+        someone edited it since `edits_seen` (a person's edit is never overwritten by the generator)."""
+        with transaction.atomic():
+            locked = self._locked()
+            if locked.status != self.Status.PROPOSED:
+                return False
+            if edits_seen is not None and locked.revisions.count() != edits_seen:
+                return False
+            changed = locked._apply(content, by=None, action="revise", note=note[:200], summary=lambda fields: (
+                f"{note[:200]}: changed {', '.join(fields)} of eval {locked.eval_id}"))
+        self._refresh_from(locked)
+        return bool(changed)
+
+    def _apply(self, content: dict[str, Any], *, by, action: str, note: str, summary) -> list[str]:
+        """On a locked row: set the editable fields `content` changes, keep a revision and audit it (by a person,
+        or by the generator when `by` is None). Returns the changed field names (none: nothing was written)."""
+        before = self.content()
+        after = {**before, **{name: content[name] for name in self.EDITABLE_FIELDS if name in content}}
+        changed = [name for name in self.EDITABLE_FIELDS if after[name] != before[name]]
+        if not changed:
+            return []
+        snapshot_before = self.snapshot()
+        for name in changed:
+            setattr(self, name, after[name])
+        self.save(update_fields=[*changed, "updated_at"])
+        EvalCaseRevision.objects.create(case=self, edited_by=by, before=before, after=after, note=note)
+        self._record(by=by, action=action, before=snapshot_before, summary=summary(changed))
+        return changed
 
     def _transition(self, *, by, action: str, allowed: tuple[str, ...], status: str, **changes) -> None:
         _require_approver(by)
@@ -825,6 +882,12 @@ class EvalCase(models.Model):
                 raise EvalCaseStateError(f"The case is {locked.get_status_display().lower()}: it cannot be {done}.")
             if action == "approve" and (problems := locked.problems()):
                 raise EvalCaseStateError("Fix this case before approving it: " + "; ".join(problems) + ".")
+            if action == "approve":
+                concern = locked.backtest_state().concern
+                reason = (changes.pop("approval_reason", "") or "").strip()
+                if concern and not reason:
+                    raise ApprovalReasonRequired(concern)
+                changes.update(approval_concern=concern[:300] if concern else "", approval_reason=reason if concern else "")
             before = locked.snapshot()
             locked.status = status
             for name, value in changes.items():
@@ -838,10 +901,11 @@ class EvalCase(models.Model):
                 gate_when_decided(cycle_id=locked.cycle_id, user=by)
         self._refresh_from(locked)
 
-    def approve(self, *, by) -> None:
-        """Into the regression suite."""
+    def approve(self, *, by, reason: str = "") -> None:
+        """Into the regression suite. A case its back-test speaks against (does not catch its source failure,
+        fails its pass example, stale or failed back-test) needs a written `reason`, kept and audited."""
         self._transition(by=by, action="approve", allowed=(self.Status.PROPOSED,), status=self.Status.APPROVED,
-                         approved_by=by, approved_at=timezone.now(), reject_reason="")
+                         approved_by=by, approved_at=timezone.now(), reject_reason="", approval_reason=reason)
 
     def reject(self, *, by, reason: str) -> None:
         reason = (reason or "").strip()
@@ -861,6 +925,7 @@ class EvalCase(models.Model):
 class EvalCaseRevision(models.Model):
     case = models.ForeignKey(EvalCase, on_delete=models.CASCADE, related_name="revisions")
     edited_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    note = models.CharField(max_length=200, blank=True, help_text="Who or what changed it, when not a person's edit.")
     at = models.DateTimeField(auto_now_add=True)
     before = models.JSONField()
     after = models.JSONField()
@@ -872,10 +937,133 @@ class EvalCaseRevision(models.Model):
         return f"Edit of {self.case_id} at {self.at:%Y-%m-%d %H:%M}"
 
 
+# --- Back-tests ----------------------------------------------------------------------------------------
+
+
+class BackTestRun(WorkItem):
+    """One back-test of one eval case (reviews/backtest.py): its task state, the version of the case it
+    ran on, and the verdict. Its rows are BackTest, one per target answer."""
+
+    WORK_KIND = "backtest"
+    LOST_HINT = "Re-run the back-test from the case page."
+    REQUEUE_ACTION = "backtest.retry"
+
+    class Purpose(models.TextChoices):
+        GENERATED = "generated", "After generation"
+        EDITED = "edited", "After an edit"
+        RERUN = "rerun", "Re-run on request"
+        REPAIR = "repair", "Repair by the generator"
+
+    case = models.ForeignKey(EvalCase, on_delete=models.CASCADE, related_name="backtest_runs")
+    purpose = models.CharField(max_length=12, choices=Purpose.choices, default=Purpose.GENERATED)
+    case_hash = models.CharField(max_length=64, help_text="EvalCase.checks_hash() of the version it ran on.")
+    rubric_hash = models.CharField(max_length=64, blank=True)
+    revision = models.PositiveIntegerField(default=0, help_text="How many edits the case had when it ran.")
+    catches = models.BooleanField(
+        null=True, blank=True,
+        help_text="Built from fail/mixed feedback: fails its source answer and fail example and passes its pass "
+                  "example. None: not applicable, or not decidable (errors).")
+    pass_example_ok = models.BooleanField(null=True, blank=True, help_text="Passes its own pass example.")
+    expects_failure = models.BooleanField(default=False, help_text="Its source feedback's verdict is fail or mixed.")
+    met = models.PositiveSmallIntegerField(default=0, help_text="Source, fail and pass example rows that met their expectation.")
+    judge_model = models.CharField(max_length=120, blank=True)
+    endpoint = models.CharField(max_length=300, blank=True)
+    log_tail = models.TextField(blank=True)
+    repair = models.JSONField(
+        default=dict, blank=True,
+        help_text="A repair: the original content, the generator's version, the back-test it is compared with "
+                  "and which version was kept.")
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                     related_name="+")
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["case", "-created_at"], name="backtestrun_case_created_idx"),
+            models.Index(fields=["status", "heartbeat_at"], name="backtestrun_status_beat_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Back-test {self.pk} of case {self.case_id} ({self.status})"
+
+    @classmethod
+    def enqueue_work(cls, pk: int) -> None:
+        from .tasks import backtest_task
+
+        backtest_task.delay_on_commit(pk)
+
+    def on_claimed(self, attempt: int) -> None:
+        BackTest.objects.filter(backtest_run_id=self.pk).delete()
+
+    def requeue_summary(self) -> str:
+        return f"Retry of back-test {self.pk} of eval case {self.case_id}"
+
+    @property
+    def is_current(self) -> bool:
+        """Ran on the case's present checks (the case has not changed since)."""
+        return self.case_hash == self.case.checks_hash()
+
+
+class BackTest(models.Model):
+    """One case on one answer, as the gate would judge it: through promptfoo, stored answer, same checks."""
+
+    class Target(models.TextChoices):
+        SOURCE_RUN = "source_run", "Source answer"
+        FAIL_EXAMPLE = "fail_example", "Fail example"
+        PASS_EXAMPLE = "pass_example", "Pass example"
+        OTHER_RUN = "other_run", "Other reviewed run"
+
+    class Expected(models.TextChoices):
+        FAIL = "fail", "Fail"
+        PASS = "pass", "Pass"
+        NONE = "", "Informational"
+
+    backtest_run = models.ForeignKey(BackTestRun, on_delete=models.CASCADE, related_name="rows")
+    case = models.ForeignKey(EvalCase, on_delete=models.CASCADE, related_name="backtests")
+    target = models.CharField(max_length=16, choices=Target.choices)
+    run = models.ForeignKey("runs.Run", null=True, blank=True, on_delete=models.SET_NULL, related_name="backtests")
+    position = models.PositiveIntegerField(default=0)
+    answer_hash = models.CharField(max_length=64)
+    answer_excerpt = models.TextField(blank=True)
+    expected = models.CharField(max_length=4, choices=Expected.choices, blank=True)
+    expected_because = models.CharField(max_length=200, blank=True)
+    passed = models.BooleanField(null=True, blank=True, help_text="None: no verdict (error).")
+    score = models.FloatField(null=True, blank=True)
+    reason = models.TextField(blank=True)
+    assertions = models.JSONField(default=list, blank=True, help_text="promptfoo's per-assertion results.")
+    error = models.TextField(blank=True)
+    case_hash = models.CharField(max_length=64)
+    rubric_hash = models.CharField(max_length=64, blank=True)
+    revision = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["backtest_run", "position", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["backtest_run", "position"], name="backtest_run_position_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_target_display()} of case {self.case_id}: {self.outcome}"
+
+    @property
+    def outcome(self) -> str:
+        if self.error or self.passed is None:
+            return "error"
+        return "pass" if self.passed else "fail"
+
+    @property
+    def meets_expectation(self) -> bool | None:
+        """True/False against `expected`; None when informational or without a verdict."""
+        if not self.expected or self.outcome == "error":
+            return None
+        return self.outcome == self.expected
+
+
 # --- Gate ----------------------------------------------------------------------------------------------
 
 
-class GateRun(TrackedWork, models.Model):
+class GateRun(WorkItem):
     """One promptfoo run of the approved suite on one harness version's stored answers; task state lives here.
 
     A *baseline* gate run judges the answers of a cycle (or, without a cycle, the harness's latest
@@ -896,6 +1084,10 @@ class GateRun(TrackedWork, models.Model):
         FAILED = "failed", "Failed"
 
     ACTIVE_STATUSES = (Status.WAITING, Status.QUEUED, Status.RUNNING)
+    WORK_KIND = "gate"
+    LOST_HINT = "Re-run the gate to try again."
+    REQUEUE_FROM = (Status.SUCCEEDED, Status.FAILED)
+    REQUEUE_ACTION = "gate.rerun"
 
     cycle = models.ForeignKey(Cycle, null=True, blank=True, on_delete=models.CASCADE, related_name="gate_runs")
     harness = models.ForeignKey("runs.Harness", on_delete=models.PROTECT, related_name="gate_runs",
@@ -903,9 +1095,8 @@ class GateRun(TrackedWork, models.Model):
     baseline = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="candidates",
                                  help_text="For a candidate: the gate run it is compared against.")
     kind = models.CharField(max_length=12, choices=Kind.choices, default=Kind.BASELINE)
-    status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED)
-    attempts = models.PositiveSmallIntegerField(default=0)
-    last_error = models.TextField(blank=True)
+    # The shared task state (loopsite.work.WorkItem), plus `waiting` for a candidate's runs.
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     total = models.PositiveIntegerField(default=0)
     passed = models.PositiveIntegerField(default=0)
     failed = models.PositiveIntegerField(default=0)
@@ -916,12 +1107,13 @@ class GateRun(TrackedWork, models.Model):
     config = models.JSONField(default=dict, blank=True, help_text="The promptfoo config the gate ran, plus skipped cases.")
     judge_model = models.CharField(max_length=120, blank=True)
     endpoint = models.CharField(max_length=300, blank=True)
+    judge_rubric_hash = models.CharField(max_length=64, blank=True,
+                                         help_text="The rubric version (reviews.calibration.rubric_version) the judge ran under.")
+    judge_calibration = models.JSONField(default=dict, blank=True,
+                                         help_text="The judge's calibration when the gate ran: labels, kappa, tpr, tnr, calibrated.")
+    repeats = models.PositiveSmallIntegerField(default=1, help_text="How often each case ran (GATE_REPEATS).")
+    flaky = models.PositiveIntegerField(default=0, help_text="Cases whose repeats disagreed (counted as failed).")
     requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True,
-                                        help_text="Running: the worker's last beat. Queued/waiting: last (re-)enqueued or checked.")
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -941,10 +1133,6 @@ class GateRun(TrackedWork, models.Model):
         return reverse("reviews:gate-detail", args=[self.pk])
 
     @property
-    def is_finished(self) -> bool:
-        return self.status in (self.Status.SUCCEEDED, self.Status.FAILED)
-
-    @property
     def pass_rate(self) -> float | None:
         return self.passed / self.total if self.total else None
 
@@ -957,51 +1145,30 @@ class GateRun(TrackedWork, models.Model):
         """The seed's promptfoo_summary rows: what HALO's context reads for each gate row."""
         return [row.as_seed_dict() for row in self.rows.select_related("run", "eval_case")]
 
-    # --- task state: each change is a conditional UPDATE on the row --------------------------------
+    # --- task state (loopsite.work.WorkItem): what is particular to a gate run ----------------------
 
-    def claim(self) -> bool:
-        """Queued -> running for this worker. False if someone else has it or it is done."""
-        now = timezone.now()
-        claimed = GateRun.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(
-            status=self.Status.RUNNING, attempts=models.F("attempts") + 1, started_at=now, heartbeat_at=now,
-            finished_at=None, last_error="",
-        )
-        if claimed:
-            self.refresh_from_db()
-        return bool(claimed)
+    @classmethod
+    def enqueue_work(cls, pk: int) -> None:
+        from .gate import enqueue
 
-    def beat(self) -> bool:
-        """Still running here? False once the row stopped being ours (swept)."""
-        return bool(GateRun.objects.filter(pk=self.pk, status=self.Status.RUNNING).update(heartbeat_at=timezone.now()))
+        gate_run = cls.objects.filter(pk=pk).first()
+        if gate_run is not None:
+            enqueue(gate_run)
 
-    def fail(self, error: str, **fields) -> bool:
-        """Running -> failed with a readable reason (and whatever was collected). False if no longer running."""
-        now = timezone.now()
-        done = GateRun.objects.filter(pk=self.pk, status=self.Status.RUNNING).update(
-            status=self.Status.FAILED, last_error=error[-8000:], finished_at=now, heartbeat_at=now, **fields,
-        )
-        if done:
-            self.refresh_from_db()
-        return bool(done)
+    @classmethod
+    def sweep_more(cls, now) -> dict[str, int]:
+        from .gate import sweep_waiting
 
-    def requeue(self, *, by) -> bool:
-        """A finished gate run back to queued (Re-run). False while it is still active."""
-        with transaction.atomic():
-            locked = GateRun.objects.select_for_update().get(pk=self.pk)
-            if locked.is_active:
-                return False
-            before = {"status": locked.status, "attempts": locked.attempts, "last_error": locked.last_error,
-                      **locked.summary()}
-            locked.status = self.Status.QUEUED
-            locked.heartbeat_at = timezone.now()
-            locked.started_at = locked.finished_at = None
-            locked.requested_by = by
-            locked.save(update_fields=["status", "heartbeat_at", "started_at", "finished_at", "requested_by"])
-            AuditEvent.record(actor=by, action="gate.rerun", obj=locked,
-                              summary=f"Re-run of gate run {locked.pk} on {locked.harness.version}",
-                              before=before, after={"status": locked.status})
-        self.refresh_from_db()
-        return True
+        return sweep_waiting(now=now)
+
+    def requeue_before(self) -> dict[str, Any]:
+        return {**super().requeue_before(), **self.summary()}
+
+    def requeue_changes(self, *, by) -> dict[str, Any]:
+        return {"requested_by": by}
+
+    def requeue_summary(self) -> str:
+        return f"Re-run of gate run {self.pk} on {self.harness.version}"
 
 
 class GateRow(models.Model):
@@ -1019,6 +1186,11 @@ class GateRow(models.Model):
     assertions = models.JSONField(default=list, blank=True,
                                   help_text="Each assertion's result: type, value, pass, score, reason.")
     error = models.TextField(blank=True, help_text="Why there is no real verdict (no answer, judge error).")
+    repeats = models.PositiveSmallIntegerField(default=1, help_text="How often the case ran in this gate run.")
+    passes = models.PositiveSmallIntegerField(default=0, help_text="How many of its repeats passed.")
+    flaky = models.BooleanField(default=False, help_text="Its repeats disagreed: never a pass (pass^N).")
+    repeat_results = models.JSONField(default=list, blank=True,
+                                      help_text="Each repeat's outcome: repeat, passed, score, reason, error.")
 
     class Meta:
         ordering = ["gate_run", "position", "id"]
@@ -1035,6 +1207,18 @@ class GateRow(models.Model):
         """True/False, or None when there is no real verdict (an error)."""
         return None if self.error else self.passed
 
+    @property
+    def judge_decided(self) -> bool:
+        """Whether the rubric judge decided this row: it has an llm-rubric assertion and no deterministic
+        assertion failed (a failed literal check fails the case whatever the judge says). A row decided by
+        deterministic assertions alone needs no judge calibration."""
+        if self.error:
+            return False
+        kinds = [(item.get("type"), item.get("pass")) for item in self.assertions or [] if isinstance(item, dict)]
+        if not any(kind == "llm-rubric" for kind, _ in kinds):
+            return False
+        return not any(kind != "llm-rubric" and passed is False for kind, passed in kinds)
+
     def as_seed_dict(self) -> dict[str, Any]:
         run = self.run
         return {
@@ -1048,10 +1232,104 @@ class GateRow(models.Model):
         }
 
 
+# --- Judge calibration (reviews/calibration.py) ---------------------------------------------------------
+
+
+class JudgeCalibration(WorkItem):
+    """One refresh of the judge's calibration: the judge grades every human-labelled criterion of the
+    reviewed runs (reviews.calibration.human_labels) through promptfoo; task state (loopsite.work.WorkItem)
+    lives here. The labels it writes replace those of the same judge (model, endpoint, rubric version)."""
+
+    WORK_KIND = "calibration"
+    LOST_HINT = "Refresh the calibration to try again."
+    REQUEUE_ACTION = "calibration.retry"
+
+    judge_model = models.CharField(max_length=120, blank=True)
+    endpoint = models.CharField(max_length=300, blank=True)
+    rubric_version = models.CharField(max_length=64, blank=True)
+    total = models.PositiveIntegerField(default=0, help_text="Criteria to grade.")
+    done = models.PositiveIntegerField(default=0, help_text="Criteria graded so far.")
+    summary = models.JSONField(default=dict, blank=True, help_text="The agreement when it finished.")
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                     related_name="+")
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["status", "heartbeat_at"], name="judgecal_status_heartbeat_idx")]
+        constraints = [
+            models.UniqueConstraint(fields=["judge_model", "endpoint", "rubric_version"],
+                                    condition=Q(status="queued"), name="judgecal_one_queued_per_judge"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Judge calibration {self.pk} ({self.status})"
+
+    @classmethod
+    def enqueue_work(cls, pk: int) -> None:
+        from .calibration import enqueue
+
+        calibration = cls.objects.filter(pk=pk).first()
+        if calibration is not None:
+            enqueue(calibration)
+
+    def claim_resets(self) -> dict[str, Any]:
+        return {"done": 0}
+
+    def progress(self, *, done: int, total: int | None = None, attempt: int | None = None) -> bool:
+        """Record progress (and beat). False once the row stopped being ours."""
+        changes: dict[str, Any] = {"done": done, "heartbeat_at": timezone.now()}
+        if total is not None:
+            changes["total"] = total
+        return bool(self._owned(attempt).update(**changes))
+
+    def requeue_summary(self) -> str:
+        return f"Retry of judge calibration {self.pk}"
+
+
+class JudgeLabel(models.Model):
+    """One criterion on one reviewed run's answer: the human label (from approved feedback) beside the
+    judge's label (llm-rubric through promptfoo, as the gate calls it). See reviews.calibration."""
+
+    class Kind(models.TextChoices):
+        VERDICT = "verdict", "Verdict"
+        OBSERVATION = "observation", "Required observation"
+        CLAIM = "claim", "Prohibited claim"
+
+    calibration = models.ForeignKey(JudgeCalibration, null=True, blank=True, on_delete=models.SET_NULL,
+                                    related_name="labels")
+    run = models.ForeignKey("runs.Run", on_delete=models.CASCADE, related_name="judge_labels")
+    feedback = models.ForeignKey(Feedback, null=True, blank=True, on_delete=models.SET_NULL, related_name="judge_labels")
+    eval_case = models.ForeignKey(EvalCase, null=True, blank=True, on_delete=models.SET_NULL, related_name="judge_labels",
+                                  help_text="For a verdict criterion: the case whose rubric was graded.")
+    kind = models.CharField(max_length=12, choices=Kind.choices)
+    criterion = models.TextField(help_text="The rubric text the judge was given.")
+    criterion_hash = models.CharField(max_length=64, db_index=True)
+    human_pass = models.BooleanField(help_text="The human label: does the answer meet the criterion?")
+    judge_pass = models.BooleanField(null=True, blank=True, help_text="The judge's label; empty when it did not answer.")
+    score = models.FloatField(null=True, blank=True)
+    reason = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    judge_model = models.CharField(max_length=120)
+    endpoint = models.CharField(max_length=300, blank=True)
+    rubric_version = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["run", "kind", "id"]
+        indexes = [models.Index(fields=["judge_model", "endpoint", "rubric_version"], name="judgelabel_judge_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} on run {self.run_id}: human {self.human_pass}, judge {self.judge_pass}"
+
+    @property
+    def agrees(self) -> bool | None:
+        return None if self.judge_pass is None else self.judge_pass == self.human_pass
+
+
 # --- Optimization (HALO) -------------------------------------------------------------------------------
 
 
-class Optimization(TrackedWork, models.Model):
+class Optimization(WorkItem):
     """One HALO run over a cycle's optimization context, and the handoff it wrote; task state lives here.
 
     reviews/optimization.py does the work: the context (runs' spans + synthetic spans for the harness,
@@ -1059,20 +1337,12 @@ class Optimization(TrackedWork, models.Model):
     and every event it reports is appended as an OptimizationEvent for the live page.
     """
 
-    class Status(models.TextChoices):
-        QUEUED = "queued", "Queued"
-        RUNNING = "running", "Running"
-        SUCCEEDED = "succeeded", "Succeeded"
-        FAILED = "failed", "Failed"
-
-    ACTIVE_STATUSES = (Status.QUEUED, Status.RUNNING)
+    WORK_KIND = "halo"
+    LOST_HINT = "Re-run HALO to try again."
 
     cycle = models.ForeignKey(Cycle, on_delete=models.CASCADE, related_name="optimizations")
     gate_run = models.ForeignKey(GateRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="optimizations",
                                  help_text="The gate run whose rows and summary went into the context.")
-    status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED)
-    attempts = models.PositiveSmallIntegerField(default=0)
-    last_error = models.TextField(blank=True)
     options = models.JSONField(default=dict, blank=True,
                                help_text="maximum_depth, maximum_turns, maximum_parallel_subagents, model, endpoint.")
     context_stats = models.JSONField(default=list, blank=True, help_text="The HALO input summary rows of the context.")
@@ -1081,14 +1351,13 @@ class Optimization(TrackedWork, models.Model):
     missing_sections = models.JSONField(default=list, blank=True,
                                         help_text="Required sections still missing or out of order after the re-prompt.")
     retried = models.BooleanField(default=False, help_text="HALO was re-prompted once for missing sections.")
+    evidence_checks = models.JSONField(
+        default=dict, blank=True,
+        help_text="The handoff's citations resolved against the cycle's data, and its \"does not state\" claims "
+                  "checked against the harness (reviews.halo.check_evidence).")
     model_name = models.CharField(max_length=120, blank=True)
     endpoint = models.CharField(max_length=300, blank=True)
     requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True,
-                                        help_text="Running: the worker's last beat. Queued: last (re-)enqueued.")
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -1103,33 +1372,16 @@ class Optimization(TrackedWork, models.Model):
     def get_absolute_url(self) -> str:
         return reverse("reviews:halo", args=[self.cycle_id])
 
-    def claim(self) -> bool:
-        """Queued -> running for this worker (a conditional UPDATE). False if someone else has it or it is done."""
-        now = timezone.now()
-        claimed = Optimization.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(
-            status=self.Status.RUNNING, attempts=models.F("attempts") + 1, started_at=now, heartbeat_at=now,
-            finished_at=None, last_error="",
-        )
-        if claimed:
-            self.refresh_from_db()
-        return bool(claimed)
+    @classmethod
+    def enqueue_work(cls, pk: int) -> None:
+        from .optimization import enqueue
 
-    def beat(self) -> bool:
-        """Still running here? False once the row stopped being ours (swept)."""
-        return bool(Optimization.objects.filter(pk=self.pk, status=self.Status.RUNNING).update(heartbeat_at=timezone.now()))
+        optimization = cls.objects.filter(pk=pk).first()
+        if optimization is not None:
+            enqueue(optimization)
 
-    def finish(self, *, error: str = "", **fields) -> bool:
-        """Running -> succeeded (with `fields`), or failed with `error`. False if it was no longer running."""
-        now = timezone.now()
-        changes = {"finished_at": now, "heartbeat_at": now, **fields}
-        if error:
-            changes.update(status=self.Status.FAILED, last_error=error[-8000:])
-        else:
-            changes.update(status=self.Status.SUCCEEDED, last_error="")
-        done = Optimization.objects.filter(pk=self.pk, status=self.Status.RUNNING).update(**changes)
-        if done:
-            self.refresh_from_db()
-        return bool(done)
+    def on_claimed(self, attempt: int) -> None:
+        self.events.all().delete()  # an earlier attempt's events: this attempt starts the log afresh
 
 
 class OptimizationEvent(models.Model):

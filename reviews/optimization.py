@@ -6,8 +6,9 @@
                                                  temporary directory, runs HALO (reviews.halo, in its own
                                                  process) with the seed's report prompt, re-prompting once
                                                  when sections are missing; every event HALO reports becomes
-                                                 an OptimizationEvent row; the report, the cleaned handoff
-                                                 and the still-missing sections are stored on the row
+                                                 an OptimizationEvent row; the report, the cleaned handoff,
+                                                 the still-missing sections and the evidence check (its
+                                                 citations resolved, halo.check_evidence) are stored on the row
     halo_after_gate(gate_run)                    called by gate.on_gate_finished: a cycle's succeeded
                                                  baseline gate starts HALO (settings.AUTO_HALO)
 
@@ -18,20 +19,19 @@ reviews/halo.py; this module maps the models onto them and keeps the task state 
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
-from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.urls import reverse
 from django.utils import timezone
 
 from loopsite.llm import endpoint
+from loopsite.work import beat_seconds
 from loopsite.models import AuditEvent
 from loopsite.roles import APPROVER, ENGINEER, require_role
+from runs import webhooks
 from runs.models import Span
 
 from . import halo
@@ -42,8 +42,6 @@ log = logging.getLogger(__name__)
 
 CONTEXT_FILE = "halo_optimization_context.jsonl"
 HANDOFF_FILE = "codex_handoff.md"
-BEAT_SECONDS = 5.0  # at most one heartbeat UPDATE per this many seconds while HALO reports events
-QUEUED_STALE_SECONDS = 300  # a queued optimization not claimed for this long lost its message
 TEXT_EVENT_CHARS = 20_000  # one stored text delta at most (the child already coalesces them)
 
 # What an engineer may set per run, with the bounds the form enforces.
@@ -59,6 +57,15 @@ class OptimizationError(Exception):
 
 
 # --- the context ----------------------------------------------------------------------------------------
+
+
+def latest_handoff_text(harness) -> str | None:
+    """The handoff of the newest successful HALO run over a cycle of `harness`, or None (runs.handoffs reads it)."""
+    row = (
+        Optimization.objects.filter(cycle__harness=harness, status=Optimization.Status.SUCCEEDED)
+        .exclude(handoff="").order_by("-finished_at", "-pk").only("handoff").first()
+    )
+    return row.handoff if row is not None and row.handoff.strip() else None
 
 
 def latest_gate_run(cycle: Cycle) -> GateRun | None:
@@ -183,6 +190,39 @@ def latest_handoff(cycle: Cycle) -> Optimization | None:
     )
 
 
+def latest_agent_handoff(agent) -> Optimization | None:
+    """The newest handoff written for any cycle of `agent` (what the read-only API answers)."""
+    return (
+        Optimization.objects.filter(cycle__harness__agent=agent, status=Optimization.Status.SUCCEEDED)
+        .exclude(handoff="").select_related("cycle__harness__agent").order_by("-finished_at", "-pk").first()
+    )
+
+
+def handoff_file(optimization: Optimization) -> str:
+    """codex_handoff.md: the handoff as HALO wrote it, then the evidence check's findings (if any)."""
+    return optimization.handoff.rstrip("\n") + "\n" + halo.evidence_appendix(optimization.evidence_checks or {})
+
+
+def handoff_facts(optimization: Optimization) -> dict[str, Any]:
+    """Which handoff this is, as the read-only API answers and the webhook announces it (without its text)."""
+    cycle = optimization.cycle
+    harness = cycle.harness
+    return {
+        "id": optimization.pk, "cycle": {"id": cycle.pk, "name": cycle.name},
+        "version": harness.version, "agent_version": harness.agent_version or harness.version,
+        "created_at": optimization.finished_at.isoformat() if optimization.finished_at else None,
+        "url": reverse("reviews:handoff", args=[optimization.pk]),
+        "api": reverse("reviews:api-handoff", args=[harness.agent.slug]),
+    }
+
+
+def _announce_handoff(optimization_id: int) -> None:
+    """Inside the finish that stored the handoff: the agent's webhook hears of it once that commits."""
+    stored = Optimization.objects.select_related("cycle__harness__agent").get(pk=optimization_id)
+    if stored.handoff.strip():
+        webhooks.handoff_written(agent=stored.cycle.harness.agent, handoff=handoff_facts(stored))
+
+
 def request_optimization(*, cycle: Cycle, user, options: dict[str, Any] | None = None) -> Optimization:
     """Queue HALO for a cycle (engineers and approvers; `user` None: started by the app).
 
@@ -269,7 +309,7 @@ class EventRecorder:
             self.seq += 1
             self.last = OptimizationEvent.objects.create(optimization=self.optimization, seq=self.seq, at=now,
                                                          type=kind, data=data)
-        if time.monotonic() - self.last_beat >= BEAT_SECONDS:
+        if time.monotonic() - self.last_beat >= beat_seconds():  # at most one heartbeat UPDATE per beat
             self.last_beat = time.monotonic()
             if not self.optimization.beat():
                 raise _Lost()
@@ -316,60 +356,23 @@ def _run(optimization: Optimization) -> None:
     Optimization.objects.filter(pk=optimization.pk).update(context_stats=stats, model_name=options.model,
                                                            endpoint=options.base_url)
     recorder = EventRecorder(optimization)
-    with tempfile.TemporaryDirectory(prefix=f"loopsite-halo-{optimization.pk}-") as tmp:
-        context_path = halo.write_context(lines, Path(tmp) / CONTEXT_FILE)
+    with optimization.scratch_dir() as tmp:  # removed by the next attempt or the sweep if this worker dies
+        context_path = halo.write_context(lines, tmp / CONTEXT_FILE)
         report, missing = halo.run_halo_with_retry(
             context_path=context_path, prompt=halo.render_report_prompt(), options=options,
-            on_event=recorder, timeout=float(settings.HALO_TIMEOUT_SECONDS),
+            on_event=recorder, timeout=float(settings.HALO_TIMEOUT_SECONDS), temp_root=tmp,
         )
     handoff = halo.clean_handoff(report)
+    checks = halo.check_evidence(handoff=handoff, lines=lines)
     if not optimization.finish(report=report, handoff=handoff, missing_sections=missing, retried=recorder.retried,
-                               context_stats=stats):
+                               context_stats=stats, evidence_checks=checks,
+                               store=lambda: _announce_handoff(optimization.pk)):
         raise _Lost()
     AuditEvent.record(
         actor=None, action="halo.finish", obj=optimization,
         summary=f"HALO run {optimization.pk} for cycle {cycle.pk} wrote a handoff of {len(handoff)} characters"
                 + (f"; missing: {', '.join(missing)}" if missing else ""),
         after={"missing_sections": missing, "retried": recorder.retried, "model": options.model,
-               "endpoint": options.base_url},
+               "endpoint": options.base_url, "unresolved_citations": len(checks["unresolved"]),
+               "contradicted_claims": len(checks["stated_claims"])},
     )
-
-
-# --- the sweep -----------------------------------------------------------------------------------------------
-
-
-def sweep_optimizations() -> dict[str, int]:
-    """Recover optimizations whose worker or message vanished (as the gate and generation sweeps do).
-
-    Running rows with a heartbeat older than WORK_STALE_SECONDS go back to queued while attempts <
-    RUN_MAX_ATTEMPTS, else fail with the reason; queued rows not claimed for QUEUED_STALE_SECONDS are
-    enqueued again. Each change is a conditional UPDATE, so concurrent sweeps act once.
-    """
-    now = timezone.now()
-    counts = {"requeued": 0, "failed": 0, "reenqueued": 0}
-    stale_before = now - timedelta(seconds=settings.WORK_STALE_SECONDS)
-    lost_worker = Q(status=Optimization.Status.RUNNING) & (
-        Q(heartbeat_at__lt=stale_before) | Q(heartbeat_at__isnull=True, started_at__lt=stale_before)
-    )
-    for optimization in Optimization.objects.filter(lost_worker):
-        row = Optimization.objects.filter(lost_worker, pk=optimization.pk, attempts=optimization.attempts)
-        if optimization.attempts < settings.RUN_MAX_ATTEMPTS:
-            if row.update(status=Optimization.Status.QUEUED, heartbeat_at=now,
-                          last_error=f"Worker lost during attempt {optimization.attempts}; queued again."):
-                counts["requeued"] += 1
-                enqueue(optimization)
-        elif row.update(status=Optimization.Status.FAILED, finished_at=now,
-                        last_error=f"Worker lost: no heartbeat for {settings.WORK_STALE_SECONDS} s after "
-                                   f"{optimization.attempts} attempt(s). Re-run HALO to try again."):
-            counts["failed"] += 1
-    queued_before = now - timedelta(seconds=QUEUED_STALE_SECONDS)
-    lost_message = Q(status=Optimization.Status.QUEUED) & (
-        Q(heartbeat_at__lt=queued_before) | Q(heartbeat_at__isnull=True, created_at__lt=queued_before)
-    )
-    for optimization in Optimization.objects.filter(lost_message):
-        if Optimization.objects.filter(lost_message, pk=optimization.pk).update(heartbeat_at=now):
-            counts["reenqueued"] += 1
-            enqueue(optimization)
-    if any(counts.values()):
-        log.warning("HALO sweep: %s", counts)
-    return counts

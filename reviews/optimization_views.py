@@ -12,6 +12,8 @@ Included from reviews/urls.py, so every name here is in the `reviews:` namespace
 
 from __future__ import annotations
 
+import html as html_lib
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -23,7 +25,11 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import NoReverseMatch, path, reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
+from django.utils.html import escape
+from django.utils.safestring import SafeString, mark_safe
 from django_htmx.http import HttpResponseStopPolling
+
+from loopsite.markdown import render_markdown
 
 from loopsite.roles import APPROVER, ENGINEER, REVIEWER, has_role, require_role
 from runs.models import Run
@@ -39,11 +45,13 @@ from .optimization import (
     context_jsonl,
     cycle_context_lines,
     default_options,
+    handoff_file,
     latest_gate_run,
     latest_handoff,
     latest_optimization,
     request_optimization,
 )
+from .stage import gate_waits_for, halo_waits_for
 
 ANY_ROLE = (REVIEWER, APPROVER, ENGINEER)
 RUNNERS = (ENGINEER, APPROVER)
@@ -155,6 +163,7 @@ def halo_panel_context(request, cycle: Cycle, *, form: HaloForm | None = None, e
         "form": form or HaloForm.initial_for(optimization),
         "error": error,
         "gate_run": latest_gate_run(cycle),
+        "halo_waits": "" if active else halo_waits_for(cycle),
     }
 
 
@@ -169,6 +178,8 @@ def halo_page(request, pk: int):
             active = active_optimization(cycle)
             if active is not None:
                 error = "HALO is already running for this cycle; wait for it to finish before running it again."
+            elif waits := halo_waits_for(cycle):
+                error = f"Not started: {waits}"
             else:
                 request_optimization(cycle=cycle, user=request.user, options=form.cleaned_data)
                 form = None
@@ -230,21 +241,44 @@ def _get_handoff(request, pk: int) -> Optimization:
     return optimization
 
 
+def _mark_citations(html: str, checks: dict) -> SafeString:
+    """The rendered handoff with each citation marked: unresolved ones in red (with the reason), others quietly."""
+    status = {entry["citation"]: entry for entry in checks.get("citations") or []}
+    unresolved = {entry["citation"]: entry for entry in checks.get("unresolved") or []}
+
+    def mark(match: re.Match) -> str:
+        citation = html_lib.unescape(match.group(0))
+        bad = unresolved.get(citation)
+        if bad is not None:
+            return (f'<mark class="citation unresolved" data-testid="citation-unresolved" '
+                    f'title="{escape(bad.get("reason", ""))}">{match.group(0)}</mark>')
+        if citation in status:
+            return f'<span class="citation resolved">{match.group(0)}</span>'
+        return match.group(0)
+
+    return mark_safe(re.sub(r"\[(?:feedback|eval|gate|span):[^\]<\s]+\]", mark, str(html)))
+
+
 @require_GET
 def handoff_page(request, pk: int):
     optimization = _get_handoff(request, pk)
+    checks = optimization.evidence_checks or {}
     return render(request, "reviews/handoff_detail.html", {
         "optimization": optimization,
         "cycle": optimization.cycle,
-        "summary": halo.handoff_summary(optimization.handoff),
+        "summary": _mark_citations(render_markdown(halo.handoff_summary(optimization.handoff)), checks),
+        "handoff_html": _mark_citations(render_markdown(optimization.handoff), checks),
+        "checks": checks,
+        "checked": bool(checks),
         "is_latest": latest_handoff(optimization.cycle) == optimization,
     })
 
 
 @require_GET
 def handoff_download(request, pk: int):
+    """codex_handoff.md: the handoff as HALO wrote it, then the evidence check's findings (if any)."""
     optimization = _get_handoff(request, pk)
-    response = HttpResponse(optimization.handoff, content_type="text/markdown; charset=utf-8")
+    response = HttpResponse(handoff_file(optimization), content_type="text/markdown; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{HANDOFF_FILE}"'
     return response
 
@@ -443,12 +477,15 @@ def dashboard_context(request, cycle: Cycle) -> dict:
     halo_active = active_optimization(cycle) is not None
     can_run = has_role(request.user, *RUNNERS)
     latest = latest_optimization(cycle)
+    gate_waits, halo_waits = gate_waits_for(cycle), halo_waits_for(cycle)
     return {
         "cycle": cycle,
         "steps": steps,
         "active": any(step.state == "active" for step in steps) or gate_active or halo_active,
-        "can_rerun_gate": can_run and not gate_active and cycle.eval_cases.filter(status=EvalCase.Status.APPROVED).exists(),
-        "can_run_halo": can_run and not halo_active,
+        "can_rerun_gate": can_run and not gate_waits,
+        "can_run_halo": can_run and not halo_waits,
+        "gate_waits": gate_waits if can_run else "",
+        "halo_waits": halo_waits if can_run else "",
         "halo_form": HaloForm.initial_for(latest),
         "halo_label": "Re-run HALO" if latest is not None else "Run HALO",
     }
@@ -470,11 +507,15 @@ def dashboard_gate(request, pk: int):
 
     cycle = _get_cycle(request, pk)
     require_role(request.user, *RUNNERS)
-    request_gate(cycle=cycle, user=request.user)
+    error = ""
+    if not cycle.eval_cases.filter(status=EvalCase.Status.APPROVED).exists():
+        error = "Not started: the gate waits for approved evals from this cycle."
+    else:
+        request_gate(cycle=cycle, user=request.user)
     if not request.htmx:
-        messages.success(request, "Gate queued.")
+        (messages.error if error else messages.success)(request, error or "Gate queued.")
         return redirect("reviews:cycle-dashboard", cycle.pk)
-    return render(request, "reviews/_dashboard.html", dashboard_context(request, cycle))
+    return render(request, "reviews/_dashboard.html", {**dashboard_context(request, cycle), "error": error})
 
 
 urlpatterns = [

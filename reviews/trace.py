@@ -1,8 +1,15 @@
 """The run as the review pages show it: the trace panel, citation links, and finding a claim in the run."""
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
+
+from django.core.cache import caches
+from django.db.models import Count, Max, Sum
+from django.template.loader import render_to_string
+from django.utils.safestring import mark_safe
 
 from runs import display
 from runs.models import Run
@@ -26,19 +33,58 @@ def trace_context(run: Run) -> dict[str, Any]:
     return {"run": run, "span_tree": display.span_tree(run)}
 
 
+EVIDENCE_PARTS = ("answer", "validators", "artifacts", "span-tree")
+
+
+def evidence_fingerprint(run: Run) -> str | None:
+    """What the run's evidence depends on: its state, answer, validator results and its span and artifact
+    rows. None while the run is queued or running (its evidence still changes)."""
+    if run.is_active:
+        return None
+    spans = run.spans.aggregate(n=Count("id"), last=Max("id"))
+    artifacts = run.artifacts.aggregate(n=Count("id"), last=Max("id"), size=Sum("size"))
+    state = json.dumps([run.status, run.attempts, str(run.finished_at), run.final_answer, run.evidence_coverage,
+                        run.output_contract, spans, artifacts], sort_keys=True, default=str)
+    return hashlib.sha256(state.encode()).hexdigest()[:24]
+
+
+def evidence_html(run: Run, *, request=None) -> str:
+    """The run's answer, validators, artifacts and span tree as the trace panel beside the feedback form
+    shows them (the run page's own partials). The same for every reader, and fixed once the run has
+    finished: rendered once per fingerprint and kept in the "evidence" cache, so twenty reviewers
+    opening the run do not render a 100-span tree twenty times."""
+    fingerprint = evidence_fingerprint(run)
+    key = f"evidence:{run.pk}:{fingerprint}"
+    store = caches["evidence"]
+    if fingerprint is not None:
+        cached = store.get(key)
+        if cached is not None:
+            return mark_safe(cached)  # noqa: S308 - our own rendering of escaped templates
+    context = trace_context(run)
+    html = "\n".join(render_to_string(f"runs/run_detail.html#{part}", context, request=request)
+                     for part in EVIDENCE_PARTS)
+    if fingerprint is not None:
+        store.set(key, html)
+    return mark_safe(html)  # noqa: S308
+
+
 def artifact_anchor(name: str) -> str:
     slug = "".join(ch if ch.isalnum() else "-" for ch in name).strip("-").lower()
     return f"artifact-{slug}"
 
 
-def citation_url(run: Run, *, span_id: str = "", artifact: str = "", line: int | None = None) -> str:
+def citation_url(run: Run, *, span_id: str = "", artifact: str = "", line: int | str | None = None) -> str:
+    """Where a citation points: the span, the answer, the artifact or (with `line`) the artifact's line,
+    as ids of the run page that the trace panel beside the form has too."""
     base = run.get_absolute_url()
     if span_id:
         return f"{base}#span-{span_id}"
     if artifact == ANSWER:
         return f"{base}#answer"
     if artifact:
-        return f"{base}#{artifact_anchor(artifact)}"
+        number = str(line or "").strip()
+        suffix = f"-L{int(number)}" if number.isdigit() and int(number) > 0 else ""
+        return f"{base}#{artifact_anchor(artifact)}{suffix}"
     return ""
 
 
@@ -91,5 +137,7 @@ def find_claim(run: Run, claim: str) -> list[Hit]:
             line = text.count("\n", 0, match.start()) + 1 if is_artifact else None
             start, end = max(0, match.start() - 60), min(len(text), match.end() + 60)
             excerpt = ("…" if start else "") + " ".join(text[start:end].split()) + ("…" if end < len(text) else "")
+            if line is not None and where != "the answer":
+                url = citation_url(run, artifact=where, line=line)  # opens and highlights that line
             hits.append(Hit(phrase=phrase, where=where, line=line, url=url, excerpt=excerpt))
     return hits

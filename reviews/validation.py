@@ -7,9 +7,10 @@ back to the model in a repair request and shown to people when the step fails.
 Unknown trace references are rejected, never guessed.
 """
 
-import json
 import re
 from typing import Any
+
+from loopsite.llm import SchemaError, parse_json  # noqa: F401  (shared with runs/handoffs.py)
 
 SCORING_METHODS = ("deterministic", "llm_judge", "hybrid")
 ASSERTION_TYPES = ("contains", "icontains", "not-contains")
@@ -20,23 +21,6 @@ EVAL_KEYS = (
 INSIGHT_KEYS = ("insight_id", "trace_id", "question", "source_type", "observations")
 EVAL_ID_PATTERN = re.compile(r"^[a-z0-9]+(?:[-_][a-z0-9]+)*$")
 MAX_PROBLEMS = 12
-
-
-class SchemaError(ValueError):
-    """Model output that is not valid JSON or does not fit the schema."""
-
-
-def parse_json(text: str) -> Any:
-    """The seed's extract_json: the first ```json fenced block, else the whole text."""
-    text = (text or "").strip()
-    fenced = re.search(r"```(?:json)?\s*(.*?)```", text, flags=re.DOTALL)
-    candidate = fenced.group(1).strip() if fenced else text
-    if not candidate:
-        raise SchemaError("Invalid JSON: the output is empty.")
-    try:
-        return json.loads(candidate)
-    except json.JSONDecodeError as exc:
-        raise SchemaError(f"Invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}.") from exc
 
 
 def _raise(problems: list[str]) -> None:

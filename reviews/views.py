@@ -4,16 +4,17 @@ from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
-from django.db.models import Prefetch
+from django.db.models import Exists, OuterRef, Prefetch, Q
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import trigger_client_event
 
 from loopsite.roles import APPROVER, ENGINEER, REVIEWER, has_role, require_role
 from runs.models import Run
 
-from .forms import AssignForm, FeedbackDraft, NewCycleForm, SendBackForm, merged_content
+from .forms import AgentFilterForm, AssignForm, FeedbackDraft, NewCycleForm, SendBackForm, TraceCycleForm, merged_content
 from .models import (
     Cycle,
     Feedback,
@@ -25,7 +26,10 @@ from .models import (
     can_see_others_feedback,
     get_or_create_feedback,
 )
-from .trace import find_claim, trace_context
+from .approval import disagreement, pending_reviewers
+from .inbox import review_neighbours, your_work_by_cycle
+from .stage import stage_of, with_stage
+from .trace import evidence_html, find_claim
 
 ANY_ROLE = (REVIEWER, APPROVER, ENGINEER)
 
@@ -55,13 +59,23 @@ def _with_items():
 # --- cycles -----------------------------------------------------------------------------------
 
 
-def cycle_list(request, form: NewCycleForm | None = None):
+def cycle_list(request, form: NewCycleForm | None = None, trace_form: TraceCycleForm | None = None):
     require_role(request.user, *ANY_ROLE)
-    cycles = Cycle.objects.select_related("harness", "created_by")[:100]
+    agent_filter = AgentFilterForm(request.GET or None)
+    cycles = list(with_stage(agent_filter.filter(Cycle.objects.select_related("harness__agent", "created_by"),
+                                                 "harness__agent"))[:100])
     can_create = has_role(request.user, ENGINEER, APPROVER)
+    work = your_work_by_cycle(request.user)
+    rows = []
+    progress_of = Cycle.progress_of(cycle.pk for cycle in cycles)
+    for cycle in cycles:
+        progress = progress_of[cycle.pk]
+        rows.append((cycle, progress, stage_of(cycle, progress=progress), work.get(cycle.pk, "")))
     return render(request, "reviews/cycle_list.html", {
-        "rows": [(cycle, cycle.progress()) for cycle in cycles],
-        "form": (form or NewCycleForm()) if can_create else None,
+        "rows": rows,
+        "form": (form or NewCycleForm(agent=agent_filter.chosen)) if can_create else None,
+        "trace_form": (trace_form or TraceCycleForm()) if can_create else None,
+        "agent_filter": agent_filter,
     })
 
 
@@ -73,6 +87,20 @@ def cycle_create(request):
         return cycle_list(request, form=form)
     cycle = Cycle.objects.create_from_runs(runs=form.cleaned_data["runs"], name=form.cleaned_data["name"], user=request.user)
     messages.success(request, f"Cycle “{cycle.name}” created.")
+    return redirect(cycle)
+
+
+@require_POST
+def cycle_create_from_traces(request):
+    """A cycle from an external agent's imported runs of one version (optionally a time range)."""
+    require_role(request.user, ENGINEER, APPROVER)
+    form = TraceCycleForm(request.POST)
+    if not form.is_valid():
+        return cycle_list(request, trace_form=form)
+    harness = form.cleaned_data["harness"]
+    name = form.cleaned_data["name"] or f"{harness.agent.name} {harness.agent_version} · {timezone.localdate():%Y-%m-%d}"
+    cycle = Cycle.objects.create_from_runs(runs=form.runs(), name=name[:200], user=request.user)
+    messages.success(request, f"Cycle “{cycle.name}” created from {cycle.runs.count()} imported runs.")
     return redirect(cycle)
 
 
@@ -145,6 +173,7 @@ def _queue_context(request, cycle: Cycle) -> dict:
         "cycle": cycle,
         "rows": _queue_rows(cycle, user, cycle.runs_with_state()),
         "progress": cycle.progress(),
+        "stage": stage_of(cycle),
         "next_run": cycle.next_run_for(user) if has_role(user, REVIEWER) else None,
         "is_reviewer": has_role(user, REVIEWER),
         "is_approver": has_role(user, APPROVER),
@@ -216,10 +245,14 @@ class Outcome:
     saved: bool = False
     note: str = ""
     conflict: Feedback | None = None
+    # The feedback the form was loaded for no longer exists: the form's version goes back to 0.
+    version_reset: bool = False
 
 
 def _editor_context(request, *, cycle: Cycle, run: Run, mode: str, feedback: Feedback | None,
-                    draft: FeedbackDraft, outcome: Outcome | None = None) -> dict:
+                    draft: FeedbackDraft, outcome: Outcome | None = None, status_only: bool = False) -> dict:
+    """`status_only`: for the autosave's answer (the status line and the marked fields), which shows no
+    other reviewer's feedback and no theme suggestions: their queries are left out."""
     merged = mode == "merged"
     if merged:
         post_url = reverse("reviews:run-approve", args=[cycle.pk, run.pk])
@@ -229,25 +262,43 @@ def _editor_context(request, *, cycle: Cycle, run: Run, mode: str, feedback: Fee
         editable = feedback is None or feedback.is_editable
     if not editable and feedback is not None:
         draft = FeedbackDraft.from_feedback(feedback, run=run)
+    outcome = outcome or Outcome()
+    context = {
+        "cycle": cycle, "run": run, "mode": mode, "feedback": feedback, "draft": draft,
+        "editable": editable, "post_url": post_url, "outcome": outcome,
+        "version": feedback.version if feedback is not None else 0,
+    }
+    if status_only:
+        return context
     others = []
-    if not merged and can_see_others_feedback(request.user, cycle=cycle, run=run):
+    sees_others = not merged and can_see_others_feedback(request.user, cycle=cycle, run=run)
+    if sees_others:
         others = list(
             Feedback.objects.filter(cycle=cycle, run=run, status__in=Feedback.REVIEWED_STATUSES)
             .exclude(reviewer=request.user, is_merged=False)
             .select_related("reviewer", "approved_by").prefetch_related(_with_items())
         )
-    outcome = outcome or Outcome()
     return {
-        "cycle": cycle, "run": run, "mode": mode, "feedback": feedback, "draft": draft,
-        "editable": editable, "post_url": post_url, "outcome": outcome,
-        "version": feedback.version if feedback is not None else 0,
+        **context,
         "claim_check_url": reverse("reviews:claim-check", args=[cycle.pk, run.pk]),
-        "others": others, "blind": not merged and not others and not can_see_others_feedback(request.user, cycle=cycle, run=run),
-        "themes": list(Feedback.objects.exclude(theme="").order_by("theme").values_list("theme", flat=True).distinct()[:50]),
+        "others": others, "blind": not merged and not others and not sees_others,
+        "themes": theme_suggestions(request.user),
         "own_review": merged and Feedback.objects.filter(
             cycle=cycle, run=run, reviewer=request.user, is_merged=False, status__in=Feedback.REVIEWED_STATUSES
         ).exists(),
     }
+
+
+def theme_suggestions(user) -> list[str]:
+    """Themes to suggest: the user's own, and approved ones, except on runs where blind review still
+    hides the others' feedback from the user (assigned, or a draft of their own, not yet submitted)."""
+    pair = {"cycle": OuterRef("cycle_id"), "run": OuterRef("run_id")}
+    own = Feedback.objects.filter(reviewer=user, is_merged=False, **pair)
+    blind = (Exists(own.filter(submitted_at__isnull=True))
+             | Exists(ReviewAssignment.objects.filter(reviewer=user, **pair)) & ~Exists(own.filter(submitted_at__isnull=False)))
+    visible = Q(reviewer=user, is_merged=False) | Q(status=Feedback.Status.APPROVED) & ~blind
+    return list(Feedback.objects.exclude(theme="").filter(visible).order_by("theme")
+                .values_list("theme", flat=True).distinct()[:50])
 
 
 EMPTY_CONTENT = {"summary": "", "theme": "", "verdict": "", "items": []}
@@ -275,30 +326,53 @@ def _editor_post(request, *, cycle: Cycle, run: Run, mode: str, feedback: Feedba
     finishing = action in ("submit", "approve")
     outcome = Outcome()
 
-    if not draft.is_valid(complete=finishing):
+    savable = draft.is_valid()
+    # Submit or approve with fields missing: the draft is still saved, only the submission is refused.
+    # (The content is taken first: the completeness check's errors remove fields from cleaned_data.)
+    content = draft.content() if savable else None
+    incomplete = savable and finishing and not draft.is_valid(complete=True)
+    if not savable:
         outcome.note = "Not saved: fix the marked fields."
     else:
         try:
             feedback, outcome = _persist(request, cycle=cycle, run=run, mode=mode, feedback=feedback,
-                                         draft=draft, action=action, version=version)
+                                         draft=draft, action="save" if incomplete else action, version=version,
+                                         content=content)
+            if incomplete:
+                refused = "Not approved" if action == "approve" else "Not submitted"
+                kept = " The draft is saved." if feedback is not None else ""
+                outcome = Outcome(note=f"{refused}: fix the marked fields.{kept}")
         except StaleFeedbackError as exc:
-            outcome.conflict = Feedback.objects.prefetch_related(_with_items()).get(pk=exc.feedback.pk)
+            # On a first save the row that raised was created in the rolled-back transaction: it is gone.
+            outcome.conflict = Feedback.objects.prefetch_related(_with_items()).filter(pk=exc.feedback.pk).first()
             outcome.note = "Not saved: a newer version of this feedback was saved elsewhere."
-        except FeedbackStateError as exc:
-            feedback = Feedback.objects.get(pk=feedback.pk) if feedback is not None else None
-            outcome.note = f"Not saved: {exc}"
-            outcome.conflict = feedback
+            if outcome.conflict is None:
+                feedback, outcome.version_reset = None, True
+                outcome.note = (f"Not saved: this form was loaded for version {version} of the feedback, which no "
+                                "longer exists. Your text is still here: save again to keep it as a new draft.")
+        except (FeedbackStateError, Feedback.DoesNotExist) as exc:
+            current = Feedback.objects.filter(pk=feedback.pk).first() if feedback is not None else None
+            if isinstance(exc, Feedback.DoesNotExist) or (feedback is not None and current is None):
+                outcome.version_reset = True
+                outcome.note = ("Not saved: this feedback was deleted while you edited it. Your text is still "
+                                "here: save again to keep it as a new draft.")
+            else:
+                outcome.note = f"Not saved: {exc}"
+            feedback = outcome.conflict = current
 
     if not request.htmx:
         if outcome.saved and action != "save" and action not in ("add", "remove", "up", "down", "overwrite"):
             messages.success(request, outcome.note)
-            return redirect(cycle if mode == "merged" else reverse("reviews:feedback-edit", args=[cycle.pk, run.pk]))
+            # Back to the page just acted on: it now says approved (or submitted) and links the next run.
+            return redirect(reverse("reviews:run-approve" if mode == "merged" else "reviews:feedback-edit",
+                                    args=[cycle.pk, run.pk]))
         if outcome.saved and action in ("save", "overwrite"):
             return redirect(request.path)
         return _editor_page(request, cycle=cycle, run=run, mode=mode, feedback=feedback, draft=draft, outcome=outcome)
 
     if action == "save":
-        context = _editor_context(request, cycle=cycle, run=run, mode=mode, feedback=feedback, draft=draft, outcome=outcome)
+        context = _editor_context(request, cycle=cycle, run=run, mode=mode, feedback=feedback, draft=draft,
+                                  outcome=outcome, status_only=True)
         response = render(request, "reviews/_feedback_form.html#save-result", context)
     else:
         if outcome.saved and finishing:
@@ -312,9 +386,10 @@ def _editor_post(request, *, cycle: Cycle, run: Run, mode: str, feedback: Feedba
     return response
 
 
-def _persist(request, *, cycle, run, mode, feedback, draft, action, version) -> tuple[Feedback | None, Outcome]:
+def _persist(request, *, cycle, run, mode, feedback, draft, action, version,
+             content: dict | None = None) -> tuple[Feedback | None, Outcome]:
     user = request.user
-    content = draft.content()
+    content = content if content is not None else draft.content()
     outcome = Outcome(saved=True)
     if mode == "merged" and action == "approve":
         feedback = approve_run(cycle=cycle, run=run, by=user, content=content, version=version)
@@ -339,11 +414,14 @@ def _persist(request, *, cycle, run, mode, feedback, draft, action, version) -> 
 
 def _editor_page(request, *, cycle, run, mode, feedback, draft, outcome=None):
     context = _editor_context(request, cycle=cycle, run=run, mode=mode, feedback=feedback, draft=draft, outcome=outcome)
-    context.update(trace_context(run))
+    context["evidence_html"] = evidence_html(run, request=request)
     if mode == "merged":
         context["submissions"] = _submissions(cycle, run)
+        context["pending"] = pending_reviewers(cycle=cycle, run=run)
+        context["disagreement"] = disagreement(context["submissions"])
         context["send_back_form"] = SendBackForm()
         return render(request, "reviews/run_approve.html", context)
+    context["previous_run"], context["next_run"] = review_neighbours(request.user, cycle=cycle, run=run)
     return render(request, "reviews/feedback_edit.html", context)
 
 
@@ -396,14 +474,22 @@ def run_approve(request, pk: int, run_pk: int):
         draft = FeedbackDraft.from_feedback(merged, run=run)
     else:
         sources = [fb for fb in _submissions(cycle, run) if fb.status in Feedback.REVIEWED_STATUSES]
-        draft = FeedbackDraft.from_content(merged_content(sources), run=run) if sources else FeedbackDraft.from_feedback(None, run=run)
+        draft = FeedbackDraft.from_content(_merged_start(sources), run=run) if sources else FeedbackDraft.from_feedback(None, run=run)
     return _editor_page(request, cycle=cycle, run=run, mode="merged", feedback=merged, draft=draft)
+
+
+def _merged_start(sources: list[Feedback]) -> dict:
+    """The merged form's first content; when the reviewers' verdicts differ the approver picks one."""
+    content = merged_content(sources)
+    if len({fb.verdict for fb in sources}) > 1:
+        content["verdict"] = ""
+    return content
 
 
 def _rebuilt(request, *, cycle, run, merged):
     """The merged form refilled from the current submissions (saved on the next autosave or approval)."""
     sources = [fb for fb in _submissions(cycle, run) if fb.status in Feedback.REVIEWED_STATUSES]
-    draft = (FeedbackDraft.from_content(merged_content(sources), run=run) if sources
+    draft = (FeedbackDraft.from_content(_merged_start(sources), run=run) if sources
              else FeedbackDraft.from_post(request.POST, run=run))
     outcome = Outcome(note="Refilled from the submitted feedback; not saved yet.")
     if not request.htmx:

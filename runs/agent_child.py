@@ -5,13 +5,24 @@ the SDK's unix_local sandbox copies this process's environment into the agent's
 shell. So this module never imports Django and never reads secrets from the
 environment: the API key arrives on stdin with the rest of the job.
 
+Every command the agent runs goes through JailedSandboxSession into a bubblewrap jail
+(runs.jail): no network, a fresh /proc, nothing of the host but read-only system
+directories and the workspace. The model client in this process keeps its route to the
+model endpoint; only the commands are cut off.
+
 Job (JSON on stdin):
     instructions, user_prompt, model, reasoning_effort, base_url, api_key,
     dataroom_dir (staged copy, incl. tools/ and manifest.json), output_dir,
     trace_path, result_path, sdk_trace_id (`trace_<32 hex>`), max_turns,
     harness_version, required_artifacts, workflow_name, trace_metadata,
     project_id, service_name, request_timeout, max_retries, api ("responses",
-    the default, or "chat_completions" for endpoints without the Responses API).
+    the default, or "chat_completions" for endpoints without the Responses API),
+    sandbox ({"bwrap": "/usr/bin/bwrap"}: every shell command runs inside that jail,
+    see runs.jail; {"unconfined": true}: commands run on the host, only when the
+    operator allowed it. A job with neither is refused), model_limits (the endpoint's
+    limits and the Redis URL that counts them, see runs.model_limits), status_path
+    (where the model client writes "waiting" while a call waits for a slot or a
+    Retry-After; the runner shows it on the run's page).
 
 Result (JSON written to result_path):
     final_answer, error ({type, message} or null), artifacts (names copied to
@@ -28,6 +39,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agents.sandbox.sandboxes.unix_local import UnixLocalSandboxClient, UnixLocalSandboxSession
+
+from runs import jail
+from runs.model_limits import limited_transport
 from runs.tracing import ExportContext, HaloJsonlProcessor
 
 log = logging.getLogger("runs.agent_child")
@@ -35,8 +50,8 @@ log = logging.getLogger("runs.agent_child")
 AGENT_NAME = "Synthetic dataroom diligence analyst"
 DEFAULT_WORKFLOW = "Synthetic dataroom diligence"
 # Files the agent leaves in outputs/ besides the required ones are copied too, up to these limits.
-MAX_EXTRA_OUTPUTS = 20
-MAX_OUTPUT_BYTES = 2 * 1024 * 1024
+MAX_EXTRA_OUTPUTS = jail.MAX_EXTRA_OUTPUTS
+MAX_OUTPUT_BYTES = jail.MAX_OUTPUT_BYTES
 
 
 async def run_job(job: dict[str, Any]) -> dict[str, Any]:
@@ -46,8 +61,7 @@ async def run_job(job: dict[str, Any]) -> dict[str, Any]:
     from agents.sandbox import Manifest, SandboxAgent, SandboxPathGrant, SandboxRunConfig
     from agents.sandbox.capabilities import Shell
     from agents.sandbox.entries import Dir, LocalDir
-    from agents.sandbox.sandboxes import UnixLocalSandboxClient
-    from openai import AsyncOpenAI
+    from openai import AsyncOpenAI, DefaultAsyncHttpxClient
     from openai.types.shared import Reasoning
 
     dataroom_dir = Path(job["dataroom_dir"]).resolve()
@@ -59,11 +73,15 @@ async def run_job(job: dict[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = {"final_answer": "", "error": None, "artifacts": [], "agent_seconds": None,
                               "model": job["model"]}
 
+    # Every model call passes the endpoint's shared limits and waits out 429 / 503 (runs.model_limits).
+    transport = limited_transport(job.get("model_limits"), base_url=job["base_url"],
+                                  status_path=Path(job["status_path"]) if job.get("status_path") else None)
     client = AsyncOpenAI(
         base_url=job["base_url"],
         api_key=job["api_key"],
         max_retries=int(job.get("max_retries", 2)),
         timeout=float(job.get("request_timeout", 120)),
+        http_client=DefaultAsyncHttpxClient(transport=transport),
     )
     set_default_openai_client(client, use_for_tracing=False)
     chat_completions = job.get("api") == "chat_completions"
@@ -94,7 +112,7 @@ async def run_job(job: dict[str, Any]) -> dict[str, Any]:
             extra_path_grants=(SandboxPathGrant(path=str(dataroom_dir), read_only=True),),
         ),
     )
-    sandbox = UnixLocalSandboxClient()
+    sandbox = sandbox_client(job.get("sandbox"))
     session = None
     started = time.monotonic()
     try:
@@ -147,23 +165,62 @@ async def run_job(job: dict[str, Any]) -> dict[str, Any]:
             pass
         processor.shutdown()
         await client.close()
+        if transport.retried:
+            log.warning("waited out %d answer(s) 429/503 from the model endpoint", transport.retried)
     return result
+
+
+class JailedSandboxSession(UnixLocalSandboxSession):
+    """The SDK's unix_local session with every command it spawns (exec_command, PTY sessions,
+    writes run as a user) wrapped in bubblewrap. The SDK routes all of them through
+    `_confined_exec_command`, its own confinement hook (sandbox-exec on macOS, nothing on Linux)."""
+
+    bwrap: str = ""
+
+    def _confined_exec_command(self, *, command_parts, workspace_root, env):  # noqa: ANN001, ANN202
+        return jail.wrap(self.bwrap, command_parts, workspace=Path(workspace_root).resolve())
+
+
+class JailedSandboxClient(UnixLocalSandboxClient):
+    """UnixLocalSandboxClient whose sessions run their commands in the jail (runs.jail)."""
+
+    def __init__(self, *, bwrap: str) -> None:
+        super().__init__()
+        self.bwrap = bwrap
+
+    def _jailed(self, session):  # noqa: ANN001, ANN202
+        inner = JailedSandboxSession.from_state(session._inner.state)
+        inner.bwrap = self.bwrap
+        return self._wrap_session(inner, instrumentation=self._instrumentation)
+
+    async def create(self, *, snapshot=None, manifest=None, options=None):  # noqa: ANN001, ANN201
+        # The parent makes the workspace (a temp dir) and the session state; nothing has run yet.
+        return self._jailed(await super().create(snapshot=snapshot, manifest=manifest, options=options))
+
+    async def resume(self, state):  # noqa: ANN001, ANN201
+        return self._jailed(await super().resume(state))
+
+
+def sandbox_client(spec: dict[str, Any] | None) -> UnixLocalSandboxClient:
+    """The jailed client the runner asked for; unconfined only when it said so explicitly."""
+    spec = spec or {}
+    if spec.get("bwrap"):
+        return JailedSandboxClient(bwrap=str(spec["bwrap"]))
+    if spec.get("unconfined") is True:
+        log.warning("the agent's shell runs unconfined (%s=1)", jail.UNCONFINED_SETTING)
+        return UnixLocalSandboxClient()
+    raise RuntimeError("The job names no sandbox: refusing to run the agent's commands unconfined.")
 
 
 async def copy_outputs(session, output_dir: Path, required: list[str], custom_span) -> list[str]:  # noqa: ANN001
     """Copy outputs/<name> out of the sandbox: required artifacts first, then other top-level files."""
     from agents.sandbox.files import EntryKind
 
-    names = list(required)
     try:
         listed = await session.ls(Path("outputs"))
     except Exception:  # noqa: BLE001 - no outputs directory
         listed = []
-    extras = sorted(
-        Path(entry.path).name for entry in listed
-        if entry.kind == EntryKind.FILE and Path(entry.path).name not in names
-    )
-    names.extend(extras[:MAX_EXTRA_OUTPUTS])
+    names = jail.output_names(required, [Path(entry.path).name for entry in listed if entry.kind == EntryKind.FILE])
 
     copied: list[str] = []
     for name in names:

@@ -48,19 +48,24 @@ def import_dataroom_zip(*, name: str, fileobj: BinaryIO, user, description: str 
     entries = _checked_entries(fileobj)
     contents: list[tuple[str, bytes]] = []
     errors: list[str] = []
+    total_read = 0
     with zipfile.ZipFile(fileobj) as archive:
         for entry in entries:
             try:
-                data = archive.read(entry.info)
+                data = _read_capped(archive, entry.info, limit=settings.DATAROOM_MAX_FILE_BYTES)
+            except _Unreadable as exc:
+                errors.append(f"{entry.info.filename}: {exc}")
+                break  # a lying entry: read no further into this zip
             except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, OSError, NotImplementedError, RuntimeError, EOFError) as exc:
                 errors.append(f"{entry.info.filename}: cannot be read ({exc}).")
                 continue
-            if len(data) > settings.DATAROOM_MAX_FILE_BYTES:
+            total_read += len(data)
+            if total_read > settings.DATAROOM_MAX_TOTAL_BYTES:
                 errors.append(
-                    f"{entry.info.filename}: is {filesizeformat(len(data))}; "
-                    f"the limit per file is {filesizeformat(settings.DATAROOM_MAX_FILE_BYTES)}."
+                    f"{entry.info.filename}: the files up to this one unpack to more than "
+                    f"{filesizeformat(settings.DATAROOM_MAX_TOTAL_BYTES)}, the limit for a dataroom."
                 )
-                continue
+                break
             contents.append(("/".join(entry.parts), data))
     if errors:
         raise DataroomImportError(errors[:_MAX_REPORTED])
@@ -86,6 +91,47 @@ def import_dataroom_zip(*, name: str, fileobj: BinaryIO, user, description: str 
         raise DataroomImportError([f"A dataroom named “{name}” already exists."]) from None
     dataroom.binary_files = binary
     return dataroom
+
+
+class _Unreadable(Exception):
+    """An entry whose bytes cannot be taken as they are: too large as read, or unlike its header."""
+
+
+# Unpack this much at a time: zipfile's read() of a whole entry inflates as much as the data gives
+# in one call (about 2 GB from 1 MB of deflated zeros, whatever the header says) before any size
+# check could run.
+_CHUNK = 64 * 1024
+
+
+def _read_capped(archive: zipfile.ZipFile, info: zipfile.ZipInfo, *, limit: int) -> bytes:
+    """The entry's bytes, read in chunks and counted as read (the header is not trusted).
+
+    _Unreadable when more than `limit` bytes come out, when compressed data is left over once the
+    header's size is reached (the header understates the size), or when the checksum does not match.
+    """
+    parts: list[bytes] = []
+    size = 0
+    with archive.open(info) as stream:
+        while True:
+            try:
+                chunk = stream.read(min(_CHUNK, limit + 1 - size))
+            except zipfile.BadZipFile as exc:
+                if "CRC" in str(exc):
+                    raise _Unreadable("cannot be read: its contents do not match its header's checksum (the zip is damaged).") from None
+                raise
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > limit:
+                raise _Unreadable(f"unpacks to more than {filesizeformat(limit)}; the limit per file is "
+                                  f"{filesizeformat(limit)}.")
+            parts.append(chunk)
+        # zipfile stops at the header's size: compressed data left over means the header lied.
+        decompressor = getattr(stream, "_decompressor", None)
+        if getattr(stream, "_compress_left", 0) > 0 or getattr(decompressor, "unconsumed_tail", b""):
+            raise _Unreadable(f"cannot be read: it holds more data than its header says ({filesizeformat(info.file_size)}); "
+                              "the zip is damaged or crafted.")
+    return b"".join(parts)
 
 
 def _checked_entries(fileobj: BinaryIO) -> list[_Entry]:

@@ -58,7 +58,7 @@ class SpanRow:
 
     @property
     def tokens(self) -> int | None:
-        return _as_int(getattr(self.span, "tokens_total", None))
+        return as_int(getattr(self.span, "tokens_total", None))
 
     @property
     def tool_name(self) -> str:
@@ -221,7 +221,7 @@ def span_detail(span: Span) -> SpanDetail:
 
     tokens = []
     for label, key in _TOKEN_KEYS:
-        value = _as_int(attrs.get(key))
+        value = as_int(attrs.get(key))
         if value is not None:
             tokens.append((label, value))
 
@@ -317,7 +317,8 @@ def _clip(text: str) -> str:
     return text[:MAX_VALUE_CHARS] + f"\n… {len(text) - MAX_VALUE_CHARS:,} more characters (download the trace for all of it)"
 
 
-def _as_int(value: Any) -> int | None:
+def as_int(value: Any) -> int | None:
+    """A count as int, also from "12" or "12.0"; None when missing or unreadable."""
     if value is None or value == "":
         return None
     try:
@@ -344,10 +345,17 @@ class ArtifactView:
     rows: list[list[str]] = field(default_factory=list)
     more_rows: int = 0
     problem: str = ""
+    source: str = ""  # the artifact as stored (clipped): what a citation's line number counts in
 
     @property
     def slug(self) -> str:
         return "".join(ch if ch.isalnum() else "-" for ch in self.name).strip("-").lower()
+
+    @property
+    def lines(self) -> list[str]:
+        """The stored text's lines, numbered from 1 on the page (`artifact-<slug>-L<n>`), as citations count them."""
+        lines = self.source.split("\n")  # "\n" only: the numbering citations and the claim check use
+        return lines[:-1] if lines and lines[-1] == "" else lines
 
 
 def artifact_kind(name: str) -> str:
@@ -361,12 +369,17 @@ def render_artifact(artifact: Artifact) -> ArtifactView:
 
 def render_content(name: str, content: str, *, size: int = 0) -> ArtifactView:
     """Markdown rendered and sanitised, JSON indented, CSV as header + rows, the rest as text."""
-    view = ArtifactView(name=name, kind=artifact_kind(name), size=size or len(content.encode("utf-8")))
+    view = ArtifactView(name=name, kind=artifact_kind(name), size=size or len(content.encode("utf-8")),
+                        source=_clip(content))
     if view.kind == "markdown":
         view.html = render_markdown(content)
     elif view.kind == "json":
         try:
-            view.text = _clip(json.dumps(json.loads(content), indent=2, ensure_ascii=False))
+            data = json.loads(content)
+            view.text = _clip(json.dumps(data, indent=2, ensure_ascii=False))
+            header, body = json_table(data)
+            view.header, view.rows = header, body[:MAX_CSV_ROWS]
+            view.more_rows = max(0, len(body) - MAX_CSV_ROWS)
         except ValueError as exc:
             view.problem = f"Not valid JSON ({exc}); shown as stored."
             view.text = _clip(content)
@@ -388,6 +401,31 @@ def render_content(name: str, content: str, *, size: int = 0) -> ArtifactView:
     if not content.strip():
         view.problem = view.problem or "The artifact is empty."
     return view
+
+
+def json_table(data: Any) -> tuple[list[str], list[list[str]]]:
+    """A list of objects (or an object holding exactly one such list, e.g. {"risks": [...]}) as a table:
+    the keys in order of first appearance, lists of plain values joined by "; ", anything deeper as JSON.
+    ([], []) when the data is not shaped like a table."""
+    if isinstance(data, dict) and len(data) == 1:
+        data = next(iter(data.values()))
+    if not isinstance(data, list) or not data or not all(isinstance(item, dict) for item in data):
+        return [], []
+    header: list[str] = []
+    for item in data:
+        header += [str(key) for key in item if str(key) not in header]
+
+    def cell(value: Any) -> str:
+        if value is None:
+            return ""
+        if isinstance(value, list) and all(not isinstance(v, (dict, list)) for v in value):
+            return "; ".join(str(v) for v in value)
+        if isinstance(value, (dict, list)):
+            return json.dumps(value, ensure_ascii=False)
+        return str(value)
+
+    rows = [[cell({str(k): v for k, v in item.items()}.get(key)) for key in header] for item in data]
+    return header, rows
 
 
 def artifact_views(run: Run) -> list[ArtifactView]:

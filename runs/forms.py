@@ -1,13 +1,21 @@
+import json
+import re
+
 from django import forms
 from django.conf import settings
 from django.template.defaultfilters import filesizeformat
 
-from .models import Dataroom, Harness, Question, Run
+from loopsite.forms import BoundedIntegerField, BoundedModelMultipleChoiceField
+
+from .models import Agent, Dataroom, Harness, Question, Run
 
 
 class RunFilterForm(forms.Form):
     """The GET filters of the runs list. Invalid values are ignored, not fatal."""
 
+    agent = forms.ModelChoiceField(
+        queryset=Agent.objects.only("id", "name", "slug"), to_field_name="slug", required=False, empty_label="Any agent"
+    )
     harness = forms.ModelChoiceField(
         queryset=Harness.objects.only("id", "version"), to_field_name="version", required=False, empty_label="Any harness"
     )
@@ -15,7 +23,7 @@ class RunFilterForm(forms.Form):
         queryset=Dataroom.objects.only("id", "name"), required=False, empty_label="Any dataroom"
     )
     status = forms.ChoiceField(choices=[("", "Any status"), *Run.Status.choices], required=False)
-    batch = forms.IntegerField(required=False, min_value=1, widget=forms.HiddenInput)
+    batch = BoundedIntegerField(required=False, min_value=1, label="Batch", widget=forms.HiddenInput)
 
     def filter(self, queryset):
         """Apply the fields that validated; an unbound form filters nothing."""
@@ -23,6 +31,8 @@ class RunFilterForm(forms.Form):
             return queryset
         self.is_valid()
         data = self.cleaned_data
+        if data.get("agent"):
+            queryset = queryset.filter(agent=data["agent"])
         if data.get("harness"):
             queryset = queryset.filter(harness=data["harness"])
         if data.get("dataroom"):
@@ -37,15 +47,16 @@ class RunFilterForm(forms.Form):
 class StartRunsForm(forms.Form):
     harness = forms.ModelChoiceField(queryset=Harness.objects.all(), empty_label=None)
     dataroom = forms.ModelChoiceField(queryset=Dataroom.objects.all(), empty_label=None)
-    questions = forms.ModelMultipleChoiceField(
-        queryset=Question.objects.all(),
+    questions = BoundedModelMultipleChoiceField(
+        queryset=Question.objects.filter(imported=False),
         widget=forms.CheckboxSelectMultiple,
         error_messages={"required": "Pick at least one question."},
     )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        harness_qs = Harness.objects.exclude(status=Harness.Status.RETIRED)
+        # Versions seen in an external agent's traces have no prompt to run here.
+        harness_qs = Harness.objects.exclude(status=Harness.Status.RETIRED).exclude(origin=Harness.Origin.IMPORTED)
         self.fields["harness"].queryset = harness_qs
         self.fields["harness"].label_from_instance = lambda h: f"{h.version} ({h.get_status_display().lower()})"
         self.fields["dataroom"].label_from_instance = lambda d: f"{d.name} ({d.file_count} files)"
@@ -98,3 +109,142 @@ class QuestionForm(forms.ModelForm):
         if Question.objects.filter(text=text).exists():
             raise forms.ValidationError("That question is already in the bank.")
         return text
+
+
+class AgentForm(forms.Form):
+    name = forms.CharField(max_length=120, help_text="What your team calls the agent, e.g. Support bot.")
+    version_attribute = forms.CharField(
+        max_length=200, initial="service.version", label="Version attribute",
+        help_text="The resource or span attribute that names the agent's version in its traces.")
+
+    def clean_name(self):
+        name = " ".join(self.cleaned_data["name"].split())
+        if not name:
+            raise forms.ValidationError("Give the agent a name.")
+        if Agent.objects.filter(name__iexact=name).exists():
+            raise forms.ValidationError(f"An agent named “{name}” already exists.")
+        return name
+
+    def clean_version_attribute(self):
+        return self.cleaned_data["version_attribute"].strip() or "service.version"
+
+
+class TraceUploadForm(forms.Form):
+    file = forms.FileField(
+        label="Trace file (.jsonl)",
+        help_text="One span per line in HALO's schema (a run's own trace download) or an Agents SDK span export, "
+                  "or one OTLP JSON ExportTraceServiceRequest per line.",
+        widget=forms.ClearableFileInput(attrs={"accept": ".jsonl,.json,.ndjson,application/x-ndjson,application/json"}),
+    )
+
+    def clean_file(self):
+        upload = self.cleaned_data["file"]
+        limit = settings.TRACE_MAX_UPLOAD_BYTES
+        if upload.size > limit:
+            raise forms.ValidationError(
+                f"{upload.name}: the file is {filesizeformat(upload.size)}; the limit is {filesizeformat(limit)}.")
+        return upload
+
+
+RESPONSE_PATH = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$-]*(\.([A-Za-z_$][A-Za-z0-9_$-]*|[0-9]+))*$")
+HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+
+
+def _holds_placeholder(value) -> bool:
+    if isinstance(value, str):
+        return Agent.INPUT_PLACEHOLDER in value
+    if isinstance(value, dict):
+        return any(_holds_placeholder(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_holds_placeholder(item) for item in value)
+    return False
+
+
+def http_url_field(label: str, *, help_text: str, required: str) -> forms.URLField:
+    """A URL field whose errors name it; `clean_http_url` keeps it to http and https."""
+    return forms.URLField(max_length=500, label=label, assume_scheme="https", help_text=help_text,
+                          error_messages={"invalid": f"{label}: enter a full http:// or https:// URL.",
+                                          "required": f"{label}: {required}"})
+
+
+def clean_http_url(form: forms.Form, name: str) -> str:
+    url = form.cleaned_data[name].strip()
+    if not url.lower().startswith(("http://", "https://")):
+        raise forms.ValidationError(f"{form.fields[name].label}: only http:// and https:// URLs can be called.")
+    return url
+
+
+class AgentEndpointForm(forms.Form):
+    """The agent's HTTP endpoint, which Loopsite calls with each suite case's input to evaluate a candidate."""
+
+    url = http_url_field("Endpoint URL", required="enter the URL Loopsite should call.",
+                         help_text="Loopsite POSTs each case's input here (http or https).")
+    body = forms.CharField(
+        label="JSON body template", initial='{"input": "{{input}}"}',
+        widget=forms.Textarea(attrs={"rows": 4, "class": "mono"}),
+        help_text="JSON with {{input}} inside a string where the case's input goes.")
+    response_path = forms.CharField(
+        max_length=200, label="Answer field", initial="output",
+        help_text="Dotted path of the answer in the JSON response, e.g. output or choices.0.message.content.")
+    header_name = forms.CharField(max_length=100, required=False, label="Extra header name",
+                                  help_text="Optional, e.g. Authorization.")
+    header_value = forms.CharField(
+        max_length=2000, required=False, label="Extra header value", widget=forms.PasswordInput(render_value=False),
+        help_text="Stored and sent with every call, never shown back. Leave empty to keep the stored value.")
+
+    def __init__(self, *args, agent: Agent | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.agent = agent
+
+    def clean_url(self):
+        return clean_http_url(self, "url")
+
+    def clean_body(self):
+        text = self.cleaned_data["body"].strip()
+        try:
+            document = json.loads(text)
+        except ValueError as exc:
+            raise forms.ValidationError(f"JSON body template: not valid JSON ({exc}).") from exc
+        if not isinstance(document, dict):
+            raise forms.ValidationError("JSON body template: write a JSON object, e.g. {\"input\": \"{{input}}\"}.")
+        if not _holds_placeholder(document):
+            raise forms.ValidationError("JSON body template: put {{input}} in a string value where the case's input goes.")
+        return text
+
+    def clean_response_path(self):
+        path = self.cleaned_data["response_path"].strip()
+        if not RESPONSE_PATH.match(path):
+            raise forms.ValidationError("Answer field: a dotted path of names and list positions, e.g. "
+                                        "output or choices.0.message.content.")
+        return path
+
+    def clean_header_name(self):
+        name = self.cleaned_data["header_name"].strip()
+        if name and not HEADER_NAME.match(name):
+            raise forms.ValidationError("Extra header name: letters, digits and - only, e.g. Authorization.")
+        return name
+
+    def clean(self):
+        cleaned = super().clean()
+        name, value = cleaned.get("header_name"), cleaned.get("header_value", "")
+        if name and not value and not (self.agent and self.agent.endpoint_header_name == name
+                                       and self.agent.endpoint_header_value):
+            self.add_error("header_value", "Extra header value: give the value to send with that header.")
+        if value and any(char in value for char in "\r\n\0"):
+            self.add_error("header_value", "Extra header value: one line, no line breaks.")
+        if value and not name:
+            self.add_error("header_name", "Extra header name: name the header this value goes in.")
+        return cleaned
+
+
+class AgentWebhookForm(forms.Form):
+    """The agent's webhook: where Loopsite POSTs a signed event when a handoff is written or a version is
+    promoted or refused."""
+
+    url = http_url_field("Webhook URL", required="enter the URL Loopsite should POST events to.",
+                         help_text="Loopsite POSTs a signed JSON event here (http or https).")
+    new_secret = forms.BooleanField(required=False, label="Make a new signing secret",
+                                    help_text="The old secret stops working at once; the new one is shown once.")
+
+    def clean_url(self):
+        return clean_http_url(self, "url")

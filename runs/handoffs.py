@@ -1,12 +1,15 @@
 """From a HALO handoff to a proposed next harness: where handoffs come from, and "Draft from handoff".
 
 - `latest_handoff_for(harness)`: the Markdown of the newest handoff HALO wrote for a cycle of
-  `harness` (reviews.Optimization.handoff), or None; then the engineer pastes one into the editor.
+  `harness` (read by reviews/, which runs HALO), or None; then the engineer pastes one into the editor.
 - `draft_from_handoff(...)`: asks the analysis model (settings.OPENAI_ANALYSIS_MODEL through
   loopsite.llm, Responses API) to edit the system prompt and tool policy as the handoff's
   recommendations say. The answer must be JSON `{system_prompt, tool_policy, rationale}`; on
   output that does not fit, the model is asked once to repair it, then the draft fails with a
-  message that says why. Synchronous, with a short timeout: it runs inside the request.
+  message that says why.
+- `request_draft(...)` queues it as a HarnessDraft row for the worker (runs/tasks.py: draft_harness),
+  `run_draft(draft=...)` is the task's body: never a model call inside a web request. The editor
+  polls the row's progress and fills itself in with the proposal once it is there.
 """
 
 from __future__ import annotations
@@ -14,12 +17,14 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
+from django.utils import timezone
 
-from loopsite.llm import endpoint, openai_client
-from reviews.validation import SchemaError, parse_json
+from loopsite.hooks import Hook
+from loopsite.llm import SchemaError, endpoint, openai_client, parse_json
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +33,7 @@ log = logging.getLogger(__name__)
 DRAFT_MARKER = "Loopsite task: draft-harness-from-handoff"
 REPAIR_MARKER = "Loopsite task: repair-json"  # shared with reviews/generation.py and the stand-in's faults
 
-DRAFT_TIMEOUT_SECONDS = 45.0  # per model call; the draft runs inside the web request
+DRAFT_TIMEOUT_SECONDS = 45.0  # per model call (the draft runs in the worker)
 MAX_HANDOFF_CHARS = 60_000
 MAX_PROMPT_CHARS = 100_000
 
@@ -58,15 +63,9 @@ class DraftProposal:
 # --- where handoffs come from ------------------------------------------------------------------
 
 
-def latest_handoff_for(harness) -> str | None:
-    """The handoff of the newest successful HALO run (reviews.Optimization) over a cycle of `harness`, or None."""
-    from reviews.models import Optimization
-
-    row = (
-        Optimization.objects.filter(cycle__harness=harness, status=Optimization.Status.SUCCEEDED)
-        .exclude(handoff="").order_by("-finished_at", "-pk").only("handoff").first()
-    )
-    return row.handoff if row is not None and row.handoff.strip() else None
+# The handoff of the newest successful HALO run over a cycle of a harness, or None: provided by reviews/
+# (which runs HALO) when it loads.
+latest_handoff_for = Hook(default=lambda harness: None)
 
 
 # --- the prompt ---------------------------------------------------------------------------------
@@ -117,7 +116,7 @@ def validate_proposal(parsed: Any) -> dict[str, Any]:
     if isinstance(policy, str):
         try:
             policy = json.loads(policy)
-        except json.JSONDecodeError:
+        except ValueError:  # JSONDecodeError, or a number too long to convert
             pass
     if not isinstance(policy, dict):
         problems.append("`tool_policy` must be a JSON object")
@@ -146,18 +145,26 @@ def _respond(*, model: str, messages: list[dict[str, str]]) -> str:
     return response.output_text or ""
 
 
-def draft_from_handoff(*, version: str, system_prompt: str, tool_policy: dict[str, Any], handoff: str) -> DraftProposal:
-    """Ask the analysis model for the edited prompt and policy; one repair request on unusable output."""
+NO_HANDOFF = "There is no handoff to draft from: paste one into the handoff panel."
+
+
+def draft_from_handoff(*, version: str, system_prompt: str, tool_policy: dict[str, Any], handoff: str,
+                       progress: Callable[[str], Any] | None = None) -> DraftProposal:
+    """Ask the analysis model for the edited prompt and policy; one repair request on unusable output.
+    `progress(text)` hears what it is doing (the worker shows it in the editor)."""
     if not (handoff or "").strip():
-        raise DraftError("There is no handoff to draft from: paste one into the handoff panel.")
+        raise DraftError(NO_HANDOFF)
+    say = progress or (lambda text: None)
     model, ep = settings.OPENAI_ANALYSIS_MODEL, endpoint()
     messages = [{"role": "user", "content": draft_prompt(version=version, system_prompt=system_prompt,
                                                            tool_policy=tool_policy, handoff=handoff)}]
+    say(f"Asking the analysis model ({model}) for a proposal…")
     raw = _respond(model=model, messages=messages)
     try:
         proposal = validate_proposal(parse_json(raw))
     except SchemaError as first:
         log.warning("draft from handoff: output not usable (%s); asking once for a repair", first)
+        say(f"The proposal was not usable ({str(first)[:120]}); asking the model once to correct it…")
         messages += [{"role": "assistant", "content": raw}, {"role": "user", "content": repair_prompt(first)}]
         repaired = _respond(model=model, messages=messages)
         try:
@@ -169,3 +176,53 @@ def draft_from_handoff(*, version: str, system_prompt: str, tool_policy: dict[st
                 raw_output=f"=== first output ===\n{raw}\n\n=== output after the repair request ===\n{repaired}",
             ) from second
     return DraftProposal(**proposal, model_name=model, endpoint=ep.base_url, used_standin=ep.is_standin)
+
+
+# --- as a task -----------------------------------------------------------------------------------------
+
+
+def request_draft(*, base, version: str, system_prompt: str, tool_policy: dict[str, Any], handoff: str, user):
+    """Queue a draft of the next version of `base` from the editor's prompt and policy and `handoff`."""
+    from django.db import transaction
+
+    from .models import HarnessDraft
+
+    if not (handoff or "").strip():
+        raise DraftError(NO_HANDOFF)
+    with transaction.atomic():
+        draft = HarnessDraft.objects.create(
+            base=base, version=version, input_prompt=system_prompt, input_policy=tool_policy, handoff=handoff,
+            requested_by=user, progress="Queued: waiting for a worker.", heartbeat_at=timezone.now())
+        HarnessDraft.enqueue_work(draft.pk)
+    return draft
+
+
+def run_draft(*, draft) -> None:
+    """The task's body for a claimed HarnessDraft: ask the model, store the proposal (and audit it) or the reason.
+    `report`, `fail` and `finish` are fenced by the attempt `draft.claim()` took."""
+    from loopsite.models import AuditEvent
+
+    try:
+        proposal = draft_from_handoff(version=draft.version, system_prompt=draft.input_prompt,
+                                      tool_policy=draft.input_policy, handoff=draft.handoff,
+                                      progress=draft.report)
+    except DraftError as exc:
+        draft.fail(str(exc), raw_output=exc.raw_output, progress="Failed.")
+        return
+    except Exception as exc:  # noqa: BLE001 - any other failure is shown in the editor, not lost in a log
+        log.exception("draft %s failed", draft.pk)
+        draft.fail(f"The draft failed ({type(exc).__name__}): {exc}", progress="Failed.")
+        return
+
+    def audit() -> None:
+        AuditEvent.record(
+            actor=draft.requested_by, action="harness.draft", obj=draft.base,
+            summary=f"Drafted a next version of {draft.base.version} from a handoff with {proposal.model_name}",
+            after={**proposal.provenance(), "draft": draft.pk, "system_prompt": proposal.system_prompt,
+                   "tool_policy": proposal.tool_policy},
+        )
+
+    draft.finish(store=audit, progress="Done: the proposal is in the editor.",
+                 proposed_prompt=proposal.system_prompt, proposed_policy=proposal.tool_policy,
+                 rationale=proposal.rationale, model_name=proposal.model_name, endpoint=proposal.endpoint,
+                 used_standin=proposal.used_standin)

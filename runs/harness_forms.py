@@ -38,6 +38,8 @@ class HarnessVersionForm(forms.Form):
     )
     # Where the editor's content came from when "Draft from handoff" filled it (for the audit log).
     drafted = forms.CharField(required=False, widget=forms.HiddenInput)
+    # The queued "Draft from handoff" (a HarnessDraft) whose proposal the editor waits for.
+    draft_job = forms.IntegerField(required=False, min_value=1, max_value=2**31 - 1, widget=forms.HiddenInput)
 
     def __init__(self, *args, base: Harness, editing: Harness | None = None, **kwargs):
         """`base`: the harness whose model settings the new ones start from (the parent, or the draft edited)."""
@@ -89,6 +91,8 @@ class HarnessVersionForm(forms.Form):
             raise forms.ValidationError(
                 f"Not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}."
             ) from exc
+        except ValueError as exc:  # e.g. a number with more digits than Python converts
+            raise forms.ValidationError(f"Not valid JSON: {exc}.") from exc
         if not isinstance(value, dict):
             raise forms.ValidationError(f"The tool policy must be a JSON object ({{...}}), not a {type(value).__name__}.")
         return value
@@ -96,7 +100,7 @@ class HarnessVersionForm(forms.Form):
     def clean_drafted(self) -> dict[str, Any] | None:
         try:
             value = json.loads(self.cleaned_data.get("drafted") or "null")
-        except json.JSONDecodeError:
+        except ValueError:  # JSONDecodeError, or a number too long to convert
             return None
         return value if isinstance(value, dict) else None
 
@@ -125,7 +129,8 @@ class HarnessVersionForm(forms.Form):
 class PromoteForm(forms.Form):
     override_reason = forms.CharField(
         required=False, max_length=2000, widget=forms.Textarea(attrs={"rows": 3}), label="Override reason",
-        help_text="Needed to promote despite a regression or without a gate comparison; kept in the audit log.",
+        help_text="Needed to promote despite a regression, a case not verified, a judge not calibrated, or without "
+                  "a gate comparison; kept in the audit log.",
     )
 
 

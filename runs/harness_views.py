@@ -10,16 +10,17 @@ from django.db.models import Count
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path, reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
-from django_htmx.http import HttpResponseClientRedirect
+from django_htmx.http import (HttpResponseClientRedirect, HttpResponseClientRefresh, HttpResponseStopPolling,
+                              trigger_client_event)
 
 from loopsite.markdown import render_markdown
 from loopsite.models import AuditEvent
 from loopsite.roles import APPROVER, ENGINEER, REVIEWER, has_role, role_required
 
 from . import display, promotion
-from .handoffs import DraftError, draft_from_handoff, latest_handoff_for
+from .handoffs import DraftError, latest_handoff_for, request_draft
 from .harness_forms import HarnessPairForm, HarnessVersionForm, PromoteForm
-from .models import Dataroom, Harness, HarnessFrozenError, HarnessStateError, Question, Run
+from .models import Dataroom, Harness, HarnessDraft, HarnessFrozenError, HarnessStateError, Question, Run
 from .promotion import PromotionRefused
 from .versions import harness_diff as diff_fields
 from .versions import pass_rate_chart, version_tree
@@ -41,8 +42,8 @@ def harness_list(request):
         Harness.objects.select_related("parent", "author").annotate(run_count=Count("runs"))
         .defer("system_prompt", "parent__system_prompt").order_by("-created_at", "-id")
     )
-    history = promotion.pass_rate_history()
-    latest_rate = {point.version: point for point in history}  # time order: the last point per version wins
+    history = promotion.pass_rate_history()  # one point per version, on the current suite
+    latest_rate = {point.version: point for point in history}
     rows = version_tree(harnesses)
     for row in rows:
         row.gate = latest_rate.get(row.harness.version)
@@ -117,7 +118,7 @@ def _promotion_context(request, harness: Harness, form: PromoteForm | None = Non
         "harness": harness,
         "can_promote": can_promote,
         "comparison": comparison,
-        "needs_reason": comparison is None or bool(comparison.blocking),
+        "needs_reason": comparison is None or comparison.override_needed,
         "promote_form": form or PromoteForm(),
     }
 
@@ -189,14 +190,15 @@ def _editor_context(*, form: HarnessVersionForm, before: Harness, default_versio
         "stored_handoff_html": render_markdown(stored_handoff) if stored_handoff else "",
         "diffs": diff_fields(before, candidate) if candidate is not None else None,
         "show_diff": show_diff,
-        "draft": None, "draft_error": "", "draft_raw": "",
+        "draft": None, "draft_error": "", "draft_raw": "", "pending": None, "offered": None,
         **extra,
     }
 
 
 def _draft(request, *, form: HarnessVersionForm, before: Harness, base: Harness, editing: Harness | None,
            default_version: str, stored_handoff: str | None):
-    """Ask the analysis model for a proposal and put it in the editor (not saved)."""
+    """Queue "Draft from handoff" for the worker (no model call here) and answer with the editor as the
+    engineer left it, plus the draft's progress panel, which polls until the proposal is there."""
     form.is_valid()
     blocking = [name for name in ("system_prompt", "tool_policy") if name in form.errors]
     context = {"form": form, "before": before, "default_version": default_version, "editing": editing,
@@ -207,24 +209,80 @@ def _draft(request, *, form: HarnessVersionForm, before: Harness, base: Harness,
             draft_error="Fix the errors in the system prompt and tool policy first: the draft starts from them."))
     data = form.cleaned_data
     try:
-        proposal = draft_from_handoff(version=data.get("version") or default_version, system_prompt=data["system_prompt"],
-                                      tool_policy=data["tool_policy"], handoff=data.get("handoff_markdown") or "")
+        job = request_draft(base=before, version=data.get("version") or default_version,
+                            system_prompt=data["system_prompt"], tool_policy=data["tool_policy"],
+                            handoff=data.get("handoff_markdown") or "", user=request.user)
     except DraftError as exc:
-        return _editor_response(request, _editor_context(**context, show_diff=True, draft_error=str(exc),
-                                                         draft_raw=exc.raw_output))
-    AuditEvent.record(
-        actor=request.user, action="harness.draft", obj=before,
-        summary=f"Drafted a next version of {before.version} from a handoff with {proposal.model_name}",
-        after={**proposal.provenance(), "system_prompt": proposal.system_prompt, "tool_policy": proposal.tool_policy},
-    )
+        return _editor_response(request, _editor_context(**context, show_diff=True, draft_error=str(exc)))
+    bound = request.POST.copy()
+    bound["draft_job"] = str(job.pk)
+    context["form"] = HarnessVersionForm(bound, base=base, editing=editing)
+    context["form"].is_valid()
+    return _editor_response(request, _editor_context(**context, show_diff=True, pending=job))
+
+
+def _apply_draft(request, *, form: HarnessVersionForm, before: Harness, base: Harness, editing: Harness | None,
+                 default_version: str, stored_handoff: str | None, replace: bool):
+    """The queued draft has finished (or a browser without JavaScript asks): put its proposal in the editor.
+    The proposal replaces the prompt and policy only while the editor still holds what the draft started
+    from (or the engineer asks for it with `replace`); otherwise their edits stay and the proposal is offered."""
+    form.is_valid()
+    context = {"form": form, "before": before, "default_version": default_version, "editing": editing,
+               "stored_handoff": stored_handoff}
+    pk = form.cleaned_data.get("draft_job")
+    job = get_object_or_404(HarnessDraft, pk=pk, base=before) if pk else None
+    if job is None:
+        return _editor_response(request, _editor_context(**context, show_diff=True,
+                                                         draft_error="No draft was asked for: click “Draft from handoff”."))
+    if job.is_active:
+        return _editor_response(request, _editor_context(**context, show_diff=True, pending=job))
+    if job.status == HarnessDraft.Status.FAILED:
+        return _editor_response(request, _editor_context(**context, show_diff=True, draft_error=job.last_error,
+                                                         draft_raw=job.raw_output))
+    data = form.cleaned_data
+    unchanged = ("system_prompt" in data and "tool_policy" in data
+                 and job.started_from(system_prompt=data["system_prompt"], tool_policy=data["tool_policy"]))
+    if not (unchanged or replace):
+        return _editor_response(request, _editor_context(**context, show_diff=True, offered=job))
     filled = request.POST.copy()
-    filled["system_prompt"] = proposal.system_prompt
-    filled["tool_policy"] = json.dumps(proposal.tool_policy, indent=2, ensure_ascii=False)
-    filled["drafted"] = json.dumps(proposal.provenance(), ensure_ascii=False)
+    filled["system_prompt"] = job.proposed_prompt
+    filled["tool_policy"] = json.dumps(job.proposed_policy, indent=2, ensure_ascii=False)
+    filled["drafted"] = json.dumps(job.provenance(), ensure_ascii=False)
+    filled["draft_job"] = ""
     form = HarnessVersionForm(filled, base=base, editing=editing)
     form.is_valid()
     context["form"] = form
-    return _editor_response(request, _editor_context(**context, show_diff=True, draft=proposal))
+    return _editor_response(request, _editor_context(**context, show_diff=True, draft=job))
+
+
+def _draft_action(request, action: str, **kwargs):
+    """The editor's draft buttons: ask for a draft, take a finished one in, or replace edits with it."""
+    if action == "draft":
+        return _draft(request, **kwargs)
+    return _apply_draft(request, replace=action == "use-draft", **kwargs)
+
+
+DRAFT_ACTIONS = ("draft", "apply-draft", "use-draft")
+
+
+@role_required(ENGINEER)
+@require_GET
+def harness_draft_status(request, version, pk):
+    """A queued "Draft from handoff": for HTMX the polled progress panel (it stops polling once the draft has
+    finished and tells the editor, which then takes the proposal in); otherwise a page with its outcome.
+    The page polls too (`?on=page`): once the draft has finished it reloads itself to show the proposal."""
+    job = get_object_or_404(HarnessDraft.objects.select_related("base", "requested_by"), pk=pk, base__version=version)
+    on_page = request.GET.get("on") == "page"
+    context = {"job": job, "in_editor": bool(request.htmx) and not on_page}
+    if request.htmx and on_page and not job.is_active:
+        return HttpResponseClientRefresh()
+    if request.htmx:
+        response = render(request, "runs/_harness_draft_status.html", context)
+        if not job.is_active:
+            response.status_code = HttpResponseStopPolling.status_code
+            trigger_client_event(response, "harnessDraftFinished", {"draft": job.pk, "status": job.status})
+        return response
+    return render(request, "runs/harness_draft.html", context)
 
 
 @role_required(ENGINEER)
@@ -242,8 +300,8 @@ def harness_new(request, version):
 
     form = HarnessVersionForm(request.POST, base=parent)
     action = request.POST.get("action", "save")
-    if action == "draft":
-        return _draft(request, form=form, base=parent, **common)
+    if action in DRAFT_ACTIONS:
+        return _draft_action(request, action, form=form, base=parent, **common)
     if action == "save" and form.is_valid():
         data = form.cleaned_data
         try:
@@ -282,8 +340,8 @@ def harness_edit(request, version):
 
     form = HarnessVersionForm(request.POST, base=harness, editing=harness)
     action = request.POST.get("action", "save")
-    if action == "draft":
-        return _draft(request, form=form, base=harness, **common)
+    if action in DRAFT_ACTIONS:
+        return _draft_action(request, action, form=form, base=harness, **common)
     if action == "save" and form.is_valid():
         try:
             changed = harness.edit_config(by=request.user, system_prompt=form.cleaned_data["system_prompt"],
@@ -311,4 +369,5 @@ urlpatterns = [
     path("harnesses/<str:version>/new/", harness_new, name="harness-new"),
     path("harnesses/<str:version>/edit/", harness_edit, name="harness-edit"),
     path("harnesses/<str:version>/promote/", harness_promote, name="harness-promote"),
+    path("harnesses/<str:version>/drafts/<int:pk>/", harness_draft_status, name="harness-draft"),
 ]

@@ -1,6 +1,6 @@
 """What promotion reads: a candidate harness compared with its baseline, case by case.
 
-The gate builds a `Comparison` from its results (the approved suite run on the baseline's
+The gate builds a `Comparison` from its results (the whole approved suite, judged on the baseline's
 and on the candidate's answers) and hands it to `Harness.promote(by=..., comparison=...)`:
 
     Comparison(
@@ -8,19 +8,25 @@ and on the candidate's answers) and hands it to `Harness.promote(by=..., compari
         rows=[CaseResult(case_id="parent-rollup", title="Rolls up to parent accounts",
                          baseline_pass=True, candidate_pass=False,
                          baseline_score=1.0, candidate_score=0.0, ...)],
+        needs_reason=["The judge is not calibrated: ..."],
     )
 
-- a *regression* passes on the baseline and fails on the candidate;
-- an *unverified* case passes on the baseline and has no result on the candidate (not run);
-- a *fix* fails on the baseline and passes on the candidate.
+Every case of the suite is one row, and each row is exactly one of:
+- a *regression*: passes on the baseline, fails on the candidate;
+- a *fix*: fails on the baseline, passes on the candidate;
+- *unchanged*: passes on both, or fails on both;
+- *not verified* (`unverified`): no verdict on one side or both, because the case was not run there
+  or its row errored (a failed run, no answer). Never counted as a pass.
 
-Promotion is refused while any regression or unverified case remains (`blocking`), and when
-there is no comparison at all, unless the approver records an override reason.
+Promotion is refused while any regression or not-verified case remains (`blocking`), while the
+comparison names a reason the evidence is not trusted (`needs_reason`, e.g. an uncalibrated judge),
+and when there is no comparison at all, unless the approver records an override reason (audited).
+The pass rates and their delta are measured on the cases that have a verdict on both sides only.
 
-Two readers of the gate's results, both from the database only:
-- `comparison_for(candidate)`: the comparison the harness page offers to promote with
-  (reviews/candidates.py builds it from the candidate and baseline gate runs);
-- `pass_rate_history()`: gate pass rates per harness version, for the versions chart.
+Two readers of the gate's results, both filled in by reviews/ (which knows the gate) when it loads,
+so that runs/ never imports reviews/ (loopsite.hooks, provided in reviews/apps.py):
+- `comparison_for(candidate)`: the comparison the harness page offers to promote with;
+- `pass_rate_history()`: one point per harness version, its pass rate on the current suite.
 Each returns nothing (None, []) until gate results exist.
 """
 
@@ -30,7 +36,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from django.apps import apps
+from loopsite.hooks import Hook
+
+PASS, FAIL, ERROR, NOT_RUN = "pass", "fail", "error", "not run"
 
 
 class PromotionRefused(Exception):
@@ -43,7 +51,8 @@ class PromotionRefused(Exception):
 
 @dataclass(frozen=True)
 class CaseResult:
-    """One approved eval case on both sides. `None` on a side: the case has no result there."""
+    """One approved eval case on both sides. `None` on a side: no verdict there (not run, or errored);
+    `*_state` says which ("pass", "fail", "error", "not run"; empty: taken from `*_pass`)."""
 
     case_id: str
     title: str = ""
@@ -55,6 +64,29 @@ class CaseResult:
     candidate_reason: str = ""
     baseline_url: str = ""  # e.g. the baseline run's trace page
     candidate_url: str = ""
+    baseline_state: str = ""
+    candidate_state: str = ""
+
+    @staticmethod
+    def _state(passed: bool | None, state: str) -> str:
+        if passed is not None:
+            return PASS if passed else FAIL
+        return state if state in (ERROR, NOT_RUN) else NOT_RUN
+
+    @property
+    def baseline_status(self) -> str:
+        """pass | fail | error | not run"""
+        return self._state(self.baseline_pass, self.baseline_state)
+
+    @property
+    def candidate_status(self) -> str:
+        """pass | fail | error | not run"""
+        return self._state(self.candidate_pass, self.candidate_state)
+
+    @property
+    def is_verified(self) -> bool:
+        """Both sides have a verdict."""
+        return self.baseline_pass is not None and self.candidate_pass is not None
 
     @property
     def is_regression(self) -> bool:
@@ -62,46 +94,55 @@ class CaseResult:
 
     @property
     def is_unverified(self) -> bool:
-        return self.baseline_pass is True and self.candidate_pass is None
+        return not self.is_verified
 
     @property
     def is_fix(self) -> bool:
         return self.baseline_pass is False and self.candidate_pass is True
 
     @property
+    def is_unchanged(self) -> bool:
+        return self.is_verified and self.baseline_pass == self.candidate_pass
+
+    @property
     def outcome(self) -> str:
-        """regression | unverified | fix | pass | fail | new | missing (for CSS classes and sorting)."""
-        if self.is_regression:
-            return "regression"
+        """regression | unverified | fix | fail | pass (pass and fail: unchanged), for CSS classes and sorting."""
         if self.is_unverified:
             return "unverified"
+        if self.is_regression:
+            return "regression"
         if self.is_fix:
             return "fix"
-        if self.baseline_pass is None:
-            return "new" if self.candidate_pass is not None else "missing"
-        if self.candidate_pass is None:
-            return "missing"
         return "pass" if self.candidate_pass else "fail"
+
+    @property
+    def outcome_label(self) -> str:
+        return {"regression": "regression", "unverified": "not verified", "fix": "fix",
+                "pass": "unchanged (pass)", "fail": "unchanged (fail)"}[self.outcome]
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "case_id": self.case_id, "title": self.title,
             "baseline_pass": self.baseline_pass, "candidate_pass": self.candidate_pass,
             "baseline_score": self.baseline_score, "candidate_score": self.candidate_score,
+            "baseline_status": self.baseline_status, "candidate_status": self.candidate_status,
         }
 
 
-_OUTCOME_ORDER = {"regression": 0, "unverified": 1, "fix": 2, "fail": 3, "new": 4, "pass": 5, "missing": 6}
+_OUTCOME_ORDER = {"regression": 0, "unverified": 1, "fix": 2, "fail": 3, "pass": 4}
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """The approved suite on a baseline and a candidate harness version, row by row."""
+    """The approved suite on a baseline and a candidate harness version, one row per case of the suite."""
 
     baseline: Any  # runs.models.Harness (or anything with `.version`)
     candidate: Any
     rows: tuple[CaseResult, ...] | list[CaseResult] = field(default_factory=tuple)
     source: str = ""  # what it was built from, e.g. "gate runs 12 (v001) and 15 (v002)"
+    # Why this evidence may not decide a promotion on its own (e.g. "the judge is not calibrated"):
+    # each needs a recorded override reason, as a regression does.
+    needs_reason: tuple[str, ...] | list[str] = field(default_factory=tuple)
 
     @property
     def regressions(self) -> list[CaseResult]:
@@ -109,6 +150,7 @@ class Comparison:
 
     @property
     def unverified(self) -> list[CaseResult]:
+        """Not verified: no verdict on the candidate or on the baseline (not run, or errored)."""
         return [row for row in self.rows if row.is_unverified]
 
     @property
@@ -116,31 +158,55 @@ class Comparison:
         return [row for row in self.rows if row.is_fix]
 
     @property
+    def unchanged(self) -> list[CaseResult]:
+        return [row for row in self.rows if row.is_unchanged]
+
+    @property
+    def unchanged_passing(self) -> list[CaseResult]:
+        return [row for row in self.unchanged if row.candidate_pass]
+
+    @property
+    def unchanged_failing(self) -> list[CaseResult]:
+        return [row for row in self.unchanged if not row.candidate_pass]
+
+    @property
+    def verified(self) -> list[CaseResult]:
+        """The cases with a verdict on both sides: what the pass rates and their delta are measured on."""
+        return [row for row in self.rows if row.is_verified]
+
+    @property
     def blocking(self) -> list[CaseResult]:
-        """What stops promotion without an override: regressions, then baseline passes not run on the candidate."""
+        """What stops promotion without an override: regressions, then cases not verified."""
         return self.regressions + self.unverified
 
     @property
+    def override_needed(self) -> bool:
+        return bool(self.blocking or self.needs_reason)
+
+    @property
     def sorted_rows(self) -> list[CaseResult]:
-        """Regressions first, then unverified, fixes, the rest (stable within each group)."""
+        """Regressions first, then not verified, fixes, unchanged fails, unchanged passes (stable within each)."""
         return sorted(self.rows, key=lambda row: _OUTCOME_ORDER[row.outcome])
 
-    @staticmethod
-    def _rate(values: list[bool | None]) -> float | None:
-        known = [value for value in values if value is not None]
-        return sum(1 for value in known if value) / len(known) if known else None
+    def _rate(self, side: str) -> float | None:
+        verified = self.verified
+        if not verified:
+            return None
+        return sum(1 for row in verified if getattr(row, f"{side}_pass")) / len(verified)
 
     @property
     def baseline_pass_rate(self) -> float | None:
-        return self._rate([row.baseline_pass for row in self.rows])
+        """The baseline's pass rate on the cases both sides ran (None when there are none)."""
+        return self._rate("baseline")
 
     @property
     def candidate_pass_rate(self) -> float | None:
-        return self._rate([row.candidate_pass for row in self.rows])
+        """The candidate's pass rate on the same cases as `baseline_pass_rate`."""
+        return self._rate("candidate")
 
     @property
     def pass_rate_delta(self) -> float | None:
-        """Candidate minus baseline pass rate (fractions, e.g. +0.4); None if a side has no results."""
+        """Candidate minus baseline pass rate on the same cases (fractions, e.g. +0.4); None without such cases."""
         base, cand = self.baseline_pass_rate, self.candidate_pass_rate
         return None if base is None or cand is None else cand - base
 
@@ -151,12 +217,15 @@ class Comparison:
             "candidate": getattr(self.candidate, "version", str(self.candidate)),
             "source": self.source,
             "cases": len(self.rows),
+            "verified_cases": len(self.verified),
             "baseline_pass_rate": self.baseline_pass_rate,
             "candidate_pass_rate": self.candidate_pass_rate,
             "pass_rate_delta": self.pass_rate_delta,
             "regressions": [row.case_id for row in self.regressions],
             "unverified": [row.case_id for row in self.unverified],
             "fixes": [row.case_id for row in self.fixes],
+            "unchanged": [row.case_id for row in self.unchanged],
+            "needs_reason": list(self.needs_reason),
         }
 
 
@@ -173,95 +242,55 @@ def check_promotion(*, candidate, comparison: Comparison | None, override_reason
         raise PromotionRefused(
             f"This comparison is for {getattr(comparison.candidate, 'version', '?')}, not {candidate.version}."
         )
+    if override_reason or not comparison.override_needed:
+        return
     blocking = comparison.blocking
-    if blocking and not override_reason:
+    baseline = comparison.baseline.version
+    what = []
+    if comparison.regressions:
+        what.append(f"{len(comparison.regressions)} case(s) pass on {baseline} and fail on {candidate.version}")
+    if unverified := comparison.unverified:
+        sides = []
+        if missing := sum(1 for row in unverified if row.candidate_pass is None):
+            sides.append(f"{missing} on {candidate.version}")
+        if missing := sum(1 for row in unverified if row.baseline_pass is None):
+            sides.append(f"{missing} on {baseline}")
+        what.append(f"{len(unverified)} case(s) are not verified: not run or errored ({', '.join(sides)})")
+    message = f"Promotion of {candidate.version} is refused: "
+    if what:
         names = ", ".join(row.case_id for row in blocking[:10]) + (" …" if len(blocking) > 10 else "")
-        what = []
-        if comparison.regressions:
-            what.append(f"{len(comparison.regressions)} case(s) pass on {comparison.baseline.version} "
-                        f"and fail on {candidate.version}")
-        if comparison.unverified:
-            what.append(f"{len(comparison.unverified)} case(s) pass on {comparison.baseline.version} "
-                        f"and were not run on {candidate.version}")
-        raise PromotionRefused(
-            f"Promotion of {candidate.version} is refused: {' and '.join(what)} ({names}). "
-            "Fix the regression in a new version, or record an override reason.",
-            blocking=blocking,
-        )
+        message += f"{' and '.join(what)} ({names}). "
+    if comparison.needs_reason:
+        message += " ".join(f"{reason.rstrip('.')}." for reason in comparison.needs_reason) + " "
+    if comparison.regressions:
+        message += "Fix the regression in a new version, or record an override reason."
+    elif blocking:
+        message += "Re-run what is missing, or record an override reason."
+    else:
+        message += "Record an override reason to promote on this evidence."
+    raise PromotionRefused(message, blocking=blocking)
 
 
-# --- hooks the gate fills in -----------------------------------------------------------------
+# --- what reviews/ provides ------------------------------------------------------------------
 
 
-def comparison_for(candidate) -> Comparison | None:
-    """The comparison the harness page promotes with: the candidate's latest succeeded candidate gate
-    run against its baseline gate run (reviews/candidates.py); None until it has been gated."""
-    from reviews.candidates import latest_comparison  # reviews imports this module: import late
-
-    return latest_comparison(candidate)
+# The comparison the harness page promotes with: the candidate's latest succeeded candidate gate run
+# against its baseline gate run; None until it has been gated (or without a gate app).
+comparison_for = Hook(default=lambda candidate: None)
 
 
 @dataclass(frozen=True)
 class PassRatePoint:
+    """One harness version on the current suite: the latest verdict per case for its answers."""
+
     version: str
     pass_rate: float  # 0..1
     passed: int
-    total: int
-    at: datetime | None = None
-    label: str = ""  # what the point is, e.g. "gate run 12"
+    total: int  # cases it was measured on
+    at: datetime | None = None  # when its latest counted gate result finished
+    label: str = ""  # e.g. "5 of 10 suite cases"
+    suite_size: int = 0
 
 
-def _gate_runs():
-    """Finished gate runs, oldest first, or None while the app has no gate model."""
-    try:
-        model = apps.get_model("reviews", "GateRun")
-    except LookupError:
-        return None
-    names = {f.name for f in model._meta.get_fields()}
-    queryset = model.objects.all()
-    if "status" in names:
-        succeeded = getattr(getattr(model, "Status", None), "SUCCEEDED", "succeeded")
-        queryset = queryset.filter(status=succeeded)
-    if "harness" in names:
-        queryset = queryset.select_related("harness").only(
-            *(name for name in ("id", "harness__id", "harness__version", "passed", "total", "totals", "stats",
-                                "finished_at", "created_at") if name.split("__")[0] in names)
-        )
-    elif "cycle" in names:
-        queryset = queryset.select_related("cycle__harness")
-    order = "finished_at" if "finished_at" in names else "created_at" if "created_at" in names else "pk"
-    return queryset.order_by(order, "pk")
-
-
-def point_from_gate_run(gate_run) -> PassRatePoint | None:
-    """A chart point from a GateRun-like row: a harness through `harness` or `cycle.harness`, and
-    counts from `passed`/`total` fields or a `totals`/`stats` dict ({passed, total} or
-    promptfoo's {successes, failures}). None when the row says too little."""
-    harness = getattr(gate_run, "harness", None) or getattr(getattr(gate_run, "cycle", None), "harness", None)
-    if harness is None:
-        return None
-    passed, total = getattr(gate_run, "passed", None), getattr(gate_run, "total", None)
-    for name in ("totals", "stats"):
-        counts = getattr(gate_run, name, None)
-        if (passed is None or total is None) and isinstance(counts, dict):
-            passed = counts.get("passed", counts.get("successes"))
-            total = counts.get("total")
-            if total is None and passed is not None and counts.get("failures") is not None:
-                total = passed + counts["failures"]
-    try:
-        passed, total = int(passed), int(total)
-    except (TypeError, ValueError):
-        return None
-    if total <= 0:
-        return None
-    at = getattr(gate_run, "finished_at", None) or getattr(gate_run, "created_at", None)
-    return PassRatePoint(version=harness.version, pass_rate=passed / total, passed=passed, total=total, at=at,
-                         label=f"gate run {gate_run.pk}")
-
-
-def pass_rate_history() -> list[PassRatePoint]:
-    """Gate pass rates in time order, one point per finished gate run; [] until gate results exist."""
-    gate_runs = _gate_runs()
-    if gate_runs is None:
-        return []
-    return [point for point in map(point_from_gate_run, gate_runs) if point is not None]
+# One PassRatePoint per harness version, oldest version first; [] until gate results exist.
+pass_rate_history = Hook(default=list)

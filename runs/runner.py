@@ -13,24 +13,25 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
+import os
+import stat
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone as dt_timezone
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.utils import timezone
 
 from loopsite.childproc import PREEXEC, kill_group, secretless_env
+from loopsite import llm
 from loopsite.llm import endpoint
 
+from . import jail
 from .agent_tools import TOOL_NAMES, TOOLS_DIR, tool_sources
+from .ingest import parse_time as parse_otlp_timestamp  # an `otlp_timestamp` string as a datetime
 from .models import Artifact, Run, Span
 
 log = logging.getLogger(__name__)
@@ -39,11 +40,56 @@ log = logging.getLogger(__name__)
 SPAN_BATCH_SIZE = 200
 
 BEAT_SECONDS = 5.0
+MODEL_STATUS_FILE = "model_status"
 VALIDATOR_TIMEOUT_SECONDS = 60
 MAX_ARTIFACT_CHARS = 2 * 1024 * 1024
 SERVICE_NAME = "financial-diligence-analyst"
 PROJECT_ID = "loopsite"
 WORKFLOW_NAME = "Synthetic dataroom diligence"
+
+
+class Heartbeat:
+    """Beats the run's row while this worker works on it: called from every wait (the agent child,
+    the validators) and between steps, so a slow validation or a long store never leaves the
+    heartbeat older than WORK_STALE_SECONDS. It runs on the worker's own thread and connection, so
+    a beat never waits on the worker's own open transaction.
+
+    With a `status_path` (the agent child's model status file) each call also carries a change of
+    "waiting for the model" to the row at once."""
+
+    def __init__(self, run: Run, *, status_path: Path | None = None) -> None:
+        self.run = run
+        self.last = time.monotonic()
+        self.status_path = status_path
+        self.waiting = False
+
+    @property
+    def interval(self) -> float:
+        return max(0.5, min(BEAT_SECONDS, settings.WORK_STALE_SECONDS / 4))
+
+    def __call__(self, *, now: bool = False) -> None:
+        if self.status_path is not None:
+            waiting = _read_status(self.status_path) == "waiting"
+            if waiting != self.waiting:
+                self.waiting = waiting
+                self.run.mark_waiting_for_model(waiting=waiting)
+        if now or time.monotonic() - self.last >= self.interval:
+            self.run.beat()
+            self.last = time.monotonic()
+
+
+def _read_status(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def model_limits() -> dict[str, Any]:
+    """What the agent child needs to keep the endpoint's limits (runs.model_limits): no secret but the
+    Redis URL, which travels on stdin with the API key."""
+    return llm.model_limits(
+        lease_seconds=settings.RUN_REQUEST_TIMEOUT_SECONDS * (settings.RUN_MODEL_MAX_RETRIES + 1) + 30)
 
 
 @dataclass
@@ -64,19 +110,15 @@ class Collected:
 def execute_run(*, run: Run) -> None:
     """Run the agent for `run` (already claimed: status running) and store the outcome."""
     attempt = run.attempts
-    prefix = f"loopsite-run-{run.pk}-{run.trace_id[:12]}-"
-    # A worker killed mid-run leaves its temp dir behind; this run's next attempt removes it.
-    for leftover in Path(tempfile.gettempdir()).glob(f"{prefix}*"):
-        shutil.rmtree(leftover, ignore_errors=True)
-    workdir = Path(tempfile.mkdtemp(prefix=prefix)).resolve()
-    try:
-        _execute(run=run, workdir=workdir)
-    except Exception as exc:  # noqa: BLE001 - a bug here must still leave a readable row
-        log.exception("run %s: runner crashed", run.pk)
-        _finish(run, attempt, {"status": Run.Status.FAILED,
-                               "last_error": f"Runner error: {type(exc).__name__}: {exc}"})
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    # The attempt's own directory (loopsite.work.WorkItem.scratch_dir): removed when the run ends, or,
+    # if this worker is killed mid-run, by the run's next claim or by the sweep.
+    with run.scratch_dir(attempt) as workdir:
+        try:
+            _execute(run=run, workdir=workdir)
+        except Exception as exc:  # noqa: BLE001 - a bug here must still leave a readable row
+            log.exception("run %s: runner crashed", run.pk)
+            _finish(run, attempt, {"status": Run.Status.FAILED,
+                                   "last_error": f"Runner error: {type(exc).__name__}: {exc}"})
 
 
 def _execute(*, run: Run, workdir: Path) -> None:
@@ -92,6 +134,12 @@ def _execute(*, run: Run, workdir: Path) -> None:
             final_answer="", evidence_coverage=None, output_contract=None,
         )
     log.info("run %s attempt %s: %s on %s (%s)", run.pk, attempt, harness.version, run.dataroom, ep)
+
+    sandbox = jail.availability(bwrap=settings.LOOPSITE_BWRAP, unconfined=settings.LOOPSITE_UNCONFINED_SANDBOX)
+    if not sandbox.usable:
+        log.error("run %s not started: %s", run.pk, sandbox.error)
+        _finish(run, attempt, {"status": Run.Status.FAILED, "last_error": sandbox.error})
+        return
 
     dataroom_dir = stage_dataroom(run.dataroom, workdir / "dataroom")
     output_dir = workdir / "outputs"
@@ -121,16 +169,25 @@ def _execute(*, run: Run, workdir: Path) -> None:
         "max_retries": settings.RUN_MODEL_MAX_RETRIES,
         # A harness may say "api": "chat_completions" for an endpoint without the Responses API.
         "api": (harness.model_settings or {}).get("api") or "responses",
+        # Every shell command of the agent runs in this jail (runs.jail); unconfined only when allowed.
+        "sandbox": {"bwrap": sandbox.bwrap} if sandbox.confined else {"unconfined": True},
+        # The endpoint's limits, counted in Redis by every worker (runs.model_limits). The child writes
+        # "waiting" to status_path while a call waits; the heartbeat shows it on the row.
+        "model_limits": model_limits(),
+        "status_path": str(workdir / MODEL_STATUS_FILE),
     }
-    outcome = run_child(job, workdir=workdir, run=run, timeout=settings.RUN_TIMEOUT_SECONDS)
+    beat = Heartbeat(run, status_path=workdir / MODEL_STATUS_FILE)
+    outcome = run_child(job, workdir=workdir, run=run, timeout=settings.RUN_TIMEOUT_SECONDS, beat=beat)
 
     result = outcome.result or {}
     if not any(output_dir.glob("*")):
-        _salvage_outputs(workdir / "tmp", output_dir)
+        _salvage_outputs(workdir / "tmp", output_dir, required=list(harness.required_artifacts or []))
+    beat()
     collected = Collected(spans=load_spans(run, trace_path), artifacts=load_artifacts(run, output_dir))
     checks_dir = workdir / "checks"
-    evidence = run_evidence_check(output_dir=output_dir, dataroom_dir=dataroom_dir, work_dir=checks_dir)
-    contract = run_contract_check(output_dir=output_dir, dataroom_dir=dataroom_dir, work_dir=checks_dir)
+    beat()
+    evidence = run_evidence_check(output_dir=output_dir, dataroom_dir=dataroom_dir, work_dir=checks_dir, beat=beat)
+    contract = run_contract_check(output_dir=output_dir, dataroom_dir=dataroom_dir, work_dir=checks_dir, beat=beat)
 
     fields: dict[str, Any] = {
         "final_answer": str(result.get("final_answer") or ""),
@@ -145,6 +202,7 @@ def _execute(*, run: Run, workdir: Path) -> None:
         log.warning("run %s failed: %s", run.pk, error)
     else:
         fields.update(status=Run.Status.SUCCEEDED, last_error="")
+    beat(now=True)  # the store below is one transaction that re-checks ownership first
     if _finish(run, attempt, fields, collected):
         log.info("run %s %s in %.1fs: %d spans, %d artifacts, %s tokens", run.pk, fields["status"],
                  outcome.seconds, len(collected.spans), len(collected.artifacts), fields["total_tokens"])
@@ -166,24 +224,21 @@ def _error_text(outcome: ChildOutcome, result: dict[str, Any]) -> str:
 
 
 def _finish(run: Run, attempt: int, fields: dict[str, Any], collected: Collected | None = None) -> bool:
-    """Store the outcome if this attempt still owns the row (the sweep may have given it away)."""
-    fields = {**fields, "finished_at": timezone.now()}
-    with transaction.atomic():
-        owned = Run.objects.select_for_update().filter(
-            pk=run.pk, status=Run.Status.RUNNING, attempts=attempt
-        ).exists()
-        if not owned:
-            log.warning("run %s attempt %s: the row was taken over; outcome discarded", run.pk, attempt)
-            return False
+    """Store the outcome if this attempt still owns the row (the sweep may have given it away):
+    `fields["status"]` failed with `fields["last_error"]`, or succeeded; spans and artifacts in the same
+    transaction (loopsite.work.WorkItem.finish, fenced by `attempt`)."""
+    fields = {**fields, "waiting_for_model": False}
+    failed = fields.pop("status") == Run.Status.FAILED
+    error = fields.pop("last_error", "") or ("The run failed without a reason." if failed else "")
+
+    def store() -> None:
         if collected is not None:
             run.spans.all().delete()
             run.artifacts.all().delete()
             Span.objects.bulk_create(collected.spans, batch_size=SPAN_BATCH_SIZE)
             Artifact.objects.bulk_create(collected.artifacts)
-        Run.objects.filter(pk=run.pk).update(**fields)
-    for name, value in fields.items():
-        setattr(run, name, value)
-    return True
+
+    return run.finish(attempt, error=error if failed else "", store=store, **fields)
 
 
 # -- staging ------------------------------------------------------------------
@@ -238,8 +293,10 @@ def write_runtime_manifest(dataroom_dir: Path) -> dict[str, Any]:
 
 # -- the child process --------------------------------------------------------
 
-def run_child(job: dict[str, Any], *, workdir: Path, run: Run, timeout: float) -> ChildOutcome:
+def run_child(job: dict[str, Any], *, workdir: Path, run: Run, timeout: float,
+              beat: Heartbeat | None = None) -> ChildOutcome:
     """Start the agent child, feed it the job, beat the row until it ends or times out."""
+    beat = beat or Heartbeat(run)
     log_path = workdir / "child.log"
     started = time.monotonic()
     outcome = ChildOutcome()
@@ -254,22 +311,10 @@ def run_child(job: dict[str, Any], *, workdir: Path, run: Run, timeout: float) -
             proc.stdin.close()
         except BrokenPipeError:
             pass
-        last_beat = time.monotonic()
-        while True:
-            try:
-                proc.wait(timeout=1.0)
-                break
-            except subprocess.TimeoutExpired:
-                pass
-            now = time.monotonic()
-            if now - started > timeout:
-                kill_group(proc)
-                outcome.timed_out = True
-                outcome.error = f"Timed out after {int(timeout)} s: the agent process was stopped."
-                break
-            if now - last_beat >= BEAT_SECONDS:
-                run.beat()
-                last_beat = now
+        if not _wait_beating(proc, deadline=started + timeout, beat=beat):
+            kill_group(proc)
+            outcome.timed_out = True
+            outcome.error = f"Timed out after {int(timeout)} s: the agent process was stopped."
     outcome.seconds = time.monotonic() - started
     outcome.log_tail = _tail(log_path)
     result_path = Path(job["result_path"])
@@ -286,6 +331,21 @@ def run_child(job: dict[str, Any], *, workdir: Path, run: Run, timeout: float) -
     return outcome
 
 
+def _wait_beating(proc: subprocess.Popen, *, deadline: float, beat: Heartbeat | None) -> bool:
+    """Wait for `proc`, beating meanwhile. False if it was still running at `deadline` (monotonic)."""
+    while True:
+        try:
+            step = min(1.0, beat.interval) if beat is not None else 1.0
+            proc.wait(timeout=max(0.05, min(step, deadline - time.monotonic())))
+            return True
+        except subprocess.TimeoutExpired:
+            pass
+        if time.monotonic() >= deadline:
+            return False
+        if beat is not None:
+            beat()
+
+
 def _tail(path: Path, limit: int = 4000) -> str:
     try:
         data = path.read_bytes()
@@ -294,16 +354,40 @@ def _tail(path: Path, limit: int = 4000) -> str:
     return data[-limit:].decode("utf-8", errors="replace")
 
 
-def _salvage_outputs(sandbox_tmp: Path, output_dir: Path) -> None:
-    """After a timeout or crash, take what the agent had written from its sandbox workspace."""
-    for outputs in sandbox_tmp.glob("*/outputs"):
-        if not outputs.is_dir():
+def _salvage_outputs(sandbox_tmp: Path, output_dir: Path, *, required: list[str] | None = None) -> list[str]:
+    """After a timeout or crash, take what the agent had written from its sandbox workspace, with the
+    limits of the normal path (agent_child.copy_outputs): the required artifacts, then up to
+    MAX_EXTRA_OUTPUTS other top-level files, each at most MAX_OUTPUT_BYTES; links are never followed."""
+    for outputs in sorted(sandbox_tmp.glob("*/outputs")):
+        if outputs.is_symlink() or not outputs.is_dir():
             continue
+        present = [item.name for item in outputs.iterdir() if item.is_file() and not item.is_symlink()]
+        copied = []
         output_dir.mkdir(parents=True, exist_ok=True)
-        for item in outputs.iterdir():
-            if item.is_file() and not item.is_symlink():
-                shutil.copyfile(item, output_dir / item.name)
-        return
+        for name in jail.output_names(required or [], present):
+            content = _read_capped(outputs / name, jail.MAX_OUTPUT_BYTES)
+            if content is None:
+                continue
+            (output_dir / name).write_bytes(content)
+            copied.append(name)
+        return copied
+    return []
+
+
+def _read_capped(path: Path, limit: int) -> bytes | None:
+    """The file's bytes if it is a regular file (not a link) of at most `limit` bytes, else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            return None
+        content = handle.read(limit + 1)
+    if len(content) > limit:
+        log.warning("salvaged %s is larger than %d bytes: skipped", path.name, limit)
+        return None
+    return content
 
 
 # -- what the run produced ----------------------------------------------------
@@ -339,23 +423,6 @@ def load_spans(run: Run, trace_path: Path) -> list[Span]:
                 data=line,
             ))
     return spans
-
-
-def parse_otlp_timestamp(value: object) -> datetime | None:
-    """The datetime of an `otlp_timestamp` string (nanoseconds cut to microseconds)."""
-    if not value or not isinstance(value, str):
-        return None
-    text = value.strip()
-    if text.endswith("Z"):
-        text = text[:-1]
-    if "." in text:
-        head, fraction = text.split(".", 1)
-        text = f"{head}.{fraction[:6].ljust(6, '0')}"
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return parsed.replace(tzinfo=dt_timezone.utc) if parsed.tzinfo is None else parsed
 
 
 def load_artifacts(run: Run, output_dir: Path) -> list[Artifact]:
@@ -421,7 +488,8 @@ def claims_from_citations(output_dir: Path) -> list[dict[str, Any]]:
     return claims
 
 
-def run_evidence_check(*, output_dir: Path, dataroom_dir: Path, work_dir: Path) -> dict[str, Any]:
+def run_evidence_check(*, output_dir: Path, dataroom_dir: Path, work_dir: Path,
+                       beat: Heartbeat | None = None) -> dict[str, Any]:
     work_dir.mkdir(parents=True, exist_ok=True)
     claims_path = work_dir / "claims.json"
     claims_path.write_text(json.dumps(claims_from_citations(output_dir), indent=2), encoding="utf-8")
@@ -431,10 +499,12 @@ def run_evidence_check(*, output_dir: Path, dataroom_dir: Path, work_dir: Path) 
          "--output", str(work_dir / "evidence_coverage.json")],
         result_path=work_dir / "evidence_coverage.json",
         work_dir=work_dir,
+        beat=beat,
     )
 
 
-def run_contract_check(*, output_dir: Path, dataroom_dir: Path, work_dir: Path) -> dict[str, Any]:
+def run_contract_check(*, output_dir: Path, dataroom_dir: Path, work_dir: Path,
+                       beat: Heartbeat | None = None) -> dict[str, Any]:
     work_dir.mkdir(parents=True, exist_ok=True)
     return _run_validator(
         "validate_output_contract.py",
@@ -442,20 +512,26 @@ def run_contract_check(*, output_dir: Path, dataroom_dir: Path, work_dir: Path) 
          "--output", str(work_dir / "output_contract.json")],
         result_path=work_dir / "output_contract.json",
         work_dir=work_dir,
+        beat=beat,
     )
 
 
-def _run_validator(name: str, args: list[str], *, result_path: Path, work_dir: Path) -> dict[str, Any]:
+def _run_validator(name: str, args: list[str], *, result_path: Path, work_dir: Path,
+                   beat: Heartbeat | None = None) -> dict[str, Any]:
+    """Run one validator on the copied outputs, beating the run's row while it works."""
     assert name in TOOL_NAMES
-    try:
-        proc = subprocess.run(
+    stderr_path = work_dir / f"{name}.stderr"
+    with stderr_path.open("wb") as stderr_file:
+        proc = subprocess.Popen(
             [sys.executable, str(TOOLS_DIR / name), *args],
-            cwd=work_dir, env=secretless_env(work_dir), capture_output=True, timeout=VALIDATOR_TIMEOUT_SECONDS,
+            cwd=work_dir, env=secretless_env(work_dir), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=stderr_file, start_new_session=True, preexec_fn=PREEXEC,
         )
-    except subprocess.TimeoutExpired:
-        return {"passed": False, "error": f"{name} timed out after {VALIDATOR_TIMEOUT_SECONDS} s"}
+        if not _wait_beating(proc, deadline=time.monotonic() + VALIDATOR_TIMEOUT_SECONDS, beat=beat):
+            kill_group(proc)
+            return {"passed": False, "error": f"{name} timed out after {VALIDATOR_TIMEOUT_SECONDS} s"}
     if proc.returncode != 0 or not result_path.is_file():
-        stderr = proc.stderr.decode("utf-8", errors="replace").strip()[-2000:]
+        stderr = _tail(stderr_path, 2000).strip()
         return {"passed": False, "error": f"{name} exited with code {proc.returncode}: {stderr}"}
     try:
         return json.loads(result_path.read_text(encoding="utf-8"))

@@ -38,7 +38,8 @@ class FieldDiff:
 def _as_lines(value: Any) -> list[str]:
     if isinstance(value, str):
         return value.splitlines()
-    return json.dumps(value, indent=2, ensure_ascii=False).splitlines()
+    # Keys sorted: PostgreSQL's jsonb keeps its own key order, and a reordering is not a change.
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True).splitlines()
 
 
 def unified(before: Any, after: Any, *, from_name: str = "a", to_name: str = "b", context: int = 3) -> list[tuple[str, str]]:
@@ -142,7 +143,7 @@ class Chart:
 
 
 def pass_rate_chart(points: list[PassRatePoint], *, width: int = 720, height: int = 220) -> Chart | None:
-    """Coordinates for a line chart of pass rate (0-100 %) over gate runs in time order; None without points."""
+    """Coordinates for a line chart of pass rate (0-100 %), one point per version in order; None without points."""
     if not points:
         return None
     left, top, right_pad, bottom_pad = 44, 12, 16, 40

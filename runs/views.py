@@ -16,10 +16,11 @@ from django.utils.http import urlencode
 from django.views.decorators.http import require_http_methods, require_POST
 from django_htmx.http import HttpResponseStopPolling
 
+from loopsite.forms import bounded_int
 from loopsite.models import AuditEvent
 from loopsite.roles import APPROVER, ENGINEER, REVIEWER, has_role, role_required
 
-from . import display
+from . import annotations, display
 from .datarooms import DataroomImportError, import_dataroom_zip, is_text
 from .forms import DataroomUploadForm, QuestionForm, RunFilterForm, StartRunsForm
 from .models import Dataroom, DataroomFile, Harness, Question, Run, Span
@@ -32,7 +33,7 @@ reader_required = role_required(REVIEWER, APPROVER, ENGINEER)
 
 
 def _get_run_for_user(request, pk: int, *, detail: bool = False) -> Run:
-    queryset = Run.objects.select_related("harness", "dataroom", "question")
+    queryset = Run.objects.select_related("agent", "harness", "dataroom", "question")
     if detail:
         queryset = queryset.select_related("batch", "created_by")
     return get_object_or_404(queryset, pk=pk)
@@ -44,7 +45,7 @@ def _get_run_for_user(request, pk: int, *, detail: bool = False) -> Run:
 @reader_required
 def run_list(request):
     form = RunFilterForm(request.GET or None)
-    runs = Run.objects.select_related("harness", "dataroom", "question").defer(
+    runs = Run.objects.select_related("agent", "harness", "dataroom", "question").defer(
         "final_answer", "last_error", "harness__system_prompt", "harness__eval_metadata",
         "dataroom__description",
     )
@@ -84,8 +85,9 @@ def run_start(request):
         initial = {}
         if request.GET.get("harness"):
             initial["harness"] = Harness.objects.filter(version=request.GET["harness"]).first()
-        if request.GET.get("dataroom", "").isdigit():
-            initial["dataroom"] = Dataroom.objects.filter(pk=request.GET["dataroom"]).first()
+        dataroom_id = bounded_int(request.GET.get("dataroom"))
+        if dataroom_id is not None:
+            initial["dataroom"] = Dataroom.objects.filter(pk=dataroom_id).first()
         form = StartRunsForm(initial={k: v for k, v in initial.items() if v is not None})
     return render(request, "runs/run_start.html", {"form": form})
 
@@ -123,8 +125,12 @@ def span_detail(request, pk, span_id):
 def trace_jsonl(request, pk):
     run = _get_run_for_user(request, pk)
 
+    reviews = annotations.annotations_for(run)
+    root = annotations.root_span_id(run) if reviews else ""
+
     def lines():
-        for data in Span.objects.filter(run=run).order_by("position").values_list("data", flat=True).iterator(chunk_size=200):
+        stored = Span.objects.filter(run=run).order_by("position").values_list("data", flat=True).iterator(chunk_size=200)
+        for data in annotations.annotated_lines(stored, reviews, root_span_id=root):
             yield Span.jsonl_line(data) + "\n"
 
     response = StreamingHttpResponse(lines(), content_type="application/x-ndjson; charset=utf-8")
@@ -250,7 +256,7 @@ def question_list(request):
                 )
             messages.success(request, "Question added to the bank.")
             return redirect("runs:question-list")
-    questions = Question.objects.annotate(run_count=Count("runs")).order_by(*Question._meta.ordering)
+    questions = Question.objects.filter(imported=False).annotate(run_count=Count("runs")).order_by(*Question._meta.ordering)
     return render(request, "runs/question_list.html", {"questions": questions, "form": form, "can_edit": can_edit})
 
 

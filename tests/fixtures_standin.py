@@ -77,3 +77,19 @@ def standin_unknown_trace(standin_unknown_trace_server, settings):
     settings.STANDIN_IN_USE = True
     settings.STANDIN_URL = standin_unknown_trace_server
     yield standin_unknown_trace_server
+
+
+@pytest.fixture
+def standin_rate_limited(settings):
+    """A fresh stand-in (its own counts) that answers every other call 429 with Retry-After, each answer after
+    0.3 s (so calls overlap); the app's settings point at it. Yields the server: `rate_limiter.refused` /
+    `served`, `peak_in_flight` (the most model calls it answered at once)."""
+    server, thread = serve_in_thread("127.0.0.1", 0, delay=0.3, fault="rate-limited")
+    settings.STANDIN_IN_USE = True
+    settings.STANDIN_URL = server.base_url
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

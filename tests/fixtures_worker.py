@@ -1,9 +1,10 @@
 """Fixtures for tests that run agents: sample data, run rows and a REAL Celery worker.
 
-`celery_worker_factory` starts `celery -A loopsite worker --pool prefork` as a
-subprocess against the Redis broker at settings.CELERY_BROKER_URL, on a queue
-unique to this test session (so parallel test runs never take each other's
-messages), pointed at the same test database. On SQLite the test database is the
+`celery_worker_factory` starts what `make run` starts, as subprocesses against the
+Redis broker at settings.CELERY_BROKER_URL: `celery -A loopsite worker --pool prefork`
+on the default queue and `--pool threads` on the run queue, both queues unique to
+this test session (so parallel test runs never take each other's messages), pointed
+at the same test database. On SQLite the test database is the
 file var/test.sqlite3, which a worker process can open; tests that use the worker
 need `@pytest.mark.django_db(transaction=True)` so the rows are committed where
 the worker can see them.
@@ -21,6 +22,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SESSION_QUEUE = f"loopsite-test-{uuid.uuid4().hex[:10]}"
+SESSION_RUN_QUEUE = f"{SESSION_QUEUE}-runs"
 
 
 @pytest.fixture
@@ -71,12 +73,13 @@ def celery_queue():
 
 @pytest.fixture
 def worker_settings(settings, celery_queue):
-    """Route this test's enqueues to the session queue."""
+    """Route this test's enqueues to the session queues (runs to the session's run queue)."""
     from loopsite.celery import app
 
     if not _redis_available(settings.CELERY_BROKER_URL):
         pytest.skip(f"Redis is not reachable at {settings.CELERY_BROKER_URL}")
     settings.CELERY_TASK_DEFAULT_QUEUE = celery_queue
+    settings.CELERY_RUN_QUEUE = SESSION_RUN_QUEUE
     previous = app.conf.task_default_queue
     app.conf.task_default_queue = celery_queue
     yield settings
@@ -84,48 +87,67 @@ def worker_settings(settings, celery_queue):
 
 
 class WorkerProcess:
-    def __init__(self, proc: subprocess.Popen, log_path: Path):
-        self.proc = proc
-        self.log_path = log_path
+    """One worker machine as `make run` starts it: a threads-pool worker on the run queue (first:
+    `pid` is its pid) and a prefork worker on the default queue. kill() and stop() act on both."""
+
+    def __init__(self, procs: list[subprocess.Popen], log_paths: list[Path]):
+        self.procs = procs
+        self.log_paths = log_paths
+
+    @property
+    def proc(self) -> subprocess.Popen:
+        return self.procs[0]
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(path.read_text(errors="replace") for path in self.log_paths if path.exists())
 
     def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
+        pending = list(zip(self.procs, self.log_paths))
         while time.monotonic() < deadline:
-            if "ready." in self.log():
+            pending = [(proc, path) for proc, path in pending
+                       if "ready." not in (path.read_text(errors="replace") if path.exists() else "")]
+            if not pending:
                 return
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"celery worker exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+            for proc, _ in pending:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"celery worker exited with {proc.returncode}:\n{self.log()[-3000:]}")
             time.sleep(0.2)
         raise RuntimeError(f"celery worker not ready after {timeout} s:\n{self.log()[-3000:]}")
 
     def kill(self) -> None:
-        """SIGKILL the worker and its pool processes at once, as a machine failure would."""
-        if self.proc.poll() is None:
+        """SIGKILL the workers and their pool processes at once, as a machine failure would."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        for proc in self.procs:
             try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
                 pass
-            self.proc.wait(timeout=10)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
             try:
-                self.proc.wait(timeout=15)
+                proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 self.kill()
 
 
 @pytest.fixture
 def celery_worker_factory(worker_settings, tmp_path):
-    """`start(concurrency=2, env=None)` starts a real prefork worker on this session's queue."""
+    """`start(concurrency=2, env=None)` starts real workers on this session's queues: runs in a threads
+    pool of `concurrency` threads, the rest in a prefork pool of `concurrency` processes."""
     from django.db import connection
 
     workers: list[WorkerProcess] = []
@@ -141,6 +163,7 @@ def celery_worker_factory(worker_settings, tmp_path):
         worker_env.update({
             "DJANGO_SETTINGS_MODULE": "loopsite.settings",
             "CELERY_QUEUE": settings.CELERY_TASK_DEFAULT_QUEUE,
+            "CELERY_RUN_QUEUE": settings.CELERY_RUN_QUEUE,
             "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
             "LOOPSITE_STANDIN_URL": settings.STANDIN_URL,
             "RUN_TIMEOUT_SECONDS": str(settings.RUN_TIMEOUT_SECONDS),
@@ -150,17 +173,19 @@ def celery_worker_factory(worker_settings, tmp_path):
         if settings.STANDIN_IN_USE:
             worker_env.pop("OPENAI_API_KEY", None)
         worker_env.update(env or {})
-        log_path = tmp_path / f"worker-{len(workers)}.log"
-        log_file = log_path.open("wb")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "loopsite", "worker", "--pool", "prefork",
-             "--concurrency", str(concurrency), "--queues", settings.CELERY_TASK_DEFAULT_QUEUE,
-             "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
-             "--hostname", f"test-{uuid.uuid4().hex[:8]}@%h"],
-            cwd=ROOT, env=worker_env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        log_file.close()
-        worker = WorkerProcess(proc, log_path)
+        procs, log_paths = [], []
+        for pool, queue in (("threads", settings.CELERY_RUN_QUEUE), ("prefork", settings.CELERY_TASK_DEFAULT_QUEUE)):
+            log_path = tmp_path / f"worker-{len(workers)}-{pool}.log"
+            with log_path.open("wb") as log_file:
+                procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "celery", "-A", "loopsite", "worker", "--pool", pool,
+                     "--concurrency", str(concurrency), "--queues", queue,
+                     "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
+                     "--hostname", f"test-{pool}-{uuid.uuid4().hex[:8]}@%h"],
+                    cwd=ROOT, env=worker_env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+                ))
+            log_paths.append(log_path)
+        worker = WorkerProcess(procs, log_paths)
         workers.append(worker)
         worker.wait_ready()
         return worker
@@ -169,6 +194,7 @@ def celery_worker_factory(worker_settings, tmp_path):
     for worker in workers:
         worker.stop()
     _purge_queue(worker_settings.CELERY_BROKER_URL, worker_settings.CELERY_TASK_DEFAULT_QUEUE)
+    _purge_queue(worker_settings.CELERY_BROKER_URL, worker_settings.CELERY_RUN_QUEUE)
 
 
 def _database_url(config: dict) -> str:

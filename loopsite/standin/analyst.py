@@ -3,7 +3,9 @@
 The stand-in is stateless, so every request re-derives the next step from the
 shell commands already run and their outputs:
 
-0. diagnostic: if the question says run `<command>`, run exactly that first;
+0. probes: the commands the stand-in server was started with (`--probe-file`; tests use
+   them to look around inside the agent's jail), in order. A command is never taken from
+   the question or any other text of the conversation;
 1. list the dataroom: `cat data/manifest.json` (or `find data -type f` without one);
 2. search it: `grep -rciE '<question terms>' data` counts matching lines per file;
 3. read the most relevant files with `cat data/<path>` (score: question terms in
@@ -41,7 +43,6 @@ COVERAGE_COMMAND = (f"python {COVERAGE_TOOL} --claims-json outputs/{artifacts.CL
                     "--dataset-root data --output outputs/evidence_coverage.json")
 CONTRACT_COMMAND = (f"python {CONTRACT_TOOL} --outputs outputs --dataset-root data "
                     "--output outputs/output_contract_validation.json")
-DIAGNOSTIC = re.compile(r"\brun\s+`([^`]+)`", re.IGNORECASE)
 
 INITIAL_READS = 6  # the most relevant files
 MAX_READS = 10  # ... plus files they point to, up to this many
@@ -64,8 +65,8 @@ def matches(conv: Conversation) -> bool:
     return conv.offers_tool(SHELL_TOOL)
 
 
-def reply(conv: Conversation) -> Reply:
-    state = State.of(conv)
+def reply(conv: Conversation, *, probe_commands: tuple[str, ...] = ()) -> Reply:
+    state = State.of(conv, probe_commands=probe_commands)
     command = state.next_command()
     if command is not None:
         return Reply(tool_calls=(ToolCall(SHELL_TOOL, {"cmd": command}),))
@@ -131,20 +132,16 @@ class State:
     conv: Conversation
     question: Question
     steps: list[Step]
+    probe_commands: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, conv: Conversation) -> State:
+    def of(cls, conv: Conversation, *, probe_commands: tuple[str, ...] = ()) -> State:
         user_text = conv.first_user_text
         return cls(conv=conv, question=Question(question_of(user_text), user_message=user_text),
-                   steps=shell_steps(conv))
+                   steps=shell_steps(conv), probe_commands=tuple(probe_commands))
 
     def ran(self, command: str) -> bool:
         return any(step.cmd == command for step in self.steps)
-
-    @property
-    def diagnostic_command(self) -> str | None:
-        match = DIAGNOSTIC.search(self.question.text)
-        return match.group(1).strip() if match else None
 
     @property
     def all_files(self) -> list[str]:
@@ -221,11 +218,11 @@ class State:
         return tool_path in self.conv.instructions or tool_path.removeprefix("data/") in self.all_files
 
     def next_command(self) -> str | None:
-        if len(self.steps) >= MAX_STEPS:
+        if len(self.steps) >= MAX_STEPS + len(self.probe_commands):
             return None
-        diagnostic = self.diagnostic_command
-        if diagnostic and not self.ran(diagnostic):
-            return diagnostic
+        for probe in self.probe_commands:
+            if not self.ran(probe):
+                return probe
         if not self.ran(LIST_COMMAND):
             return LIST_COMMAND
         if not self.all_files and not self.ran(FIND_COMMAND):
@@ -271,12 +268,11 @@ class State:
     def final_answer(self) -> str:
         analysis = self.analysis()
         parts: list[str] = []
-        diagnostic = self.diagnostic_command
-        if diagnostic:
-            step = next((step for step in self.steps if step.cmd == diagnostic), None)
+        for probe in self.probe_commands:
+            step = next((step for step in self.steps if step.cmd == probe), None)
             output = (step.output if step else "(the command did not run)").rstrip("\n")
             fence = "````" if "```" in output else "```"
-            parts.append(f"**Diagnostic.** Output of `{diagnostic}`:\n\n{fence}\n{output[:4000]}\n{fence}")
+            parts.append(f"**Probe.** Output of `{probe}`:\n\n{fence}\n{output[:4000]}\n{fence}")
         parts.append(f"**Answer.** {analysis.lead}")
         if "separate sections for financial, legal, and customer" in self.question.user_message.lower():
             parts.append(_risk_sections(analysis))

@@ -90,11 +90,12 @@ def evidence_table(analysis: Analysis) -> str:
 
 
 def claim_audit_input(analysis: Analysis) -> list[dict]:
-    claims = [{"claim": claim.text, "claim_type": claim.claim_type, "citations": list(claim.sources)}
-              for claim in analysis.claims]
-    claims += [{"claim": claim.text, "claim_type": "open_question", "citations": list(claim.sources)}
-               for claim in analysis.open_questions]
-    return claims
+    """The evidence check's input: the claims of citations.json, one for one. The app checks a run's
+    evidence from that file (runs/runner.py, claims_from_citations), so the number of supported claims the
+    answer reports is the number the run's evidence-coverage check shows. (Open questions are not claims
+    the answer makes; they have their own file.)"""
+    return [{"claim": row["claim"], "claim_type": claim.claim_type, "citations": row["sources"]}
+            for row, (_, claim) in zip(citations(analysis), numbered_claims(analysis))]
 
 
 def artifact_texts(analysis: Analysis) -> dict[str, str]:

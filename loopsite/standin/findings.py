@@ -226,7 +226,7 @@ def _metric_finding(term: str, question: Question, figures: list[Figure], active
             claims=[Claim(f"{name} is {anchor.display} ({anchor.label}) in the structured export.", (anchor.source,)),
                     Claim(f"The narrative agrees: {headline.fact.text}", (headline.source,))],
         )
-        _add_runway_risk(finding, anchor, figures)
+        _add_runway_risk(finding, anchor, figures, active)
         return finding
 
     # The structured export and the narrative headline disagree: harness rule a decides.
@@ -301,8 +301,21 @@ def _pick_anchor(structured: list[Figure], headline: Figure | None, term: str) -
     return min(structured, key=key)
 
 
-def _add_runway_risk(finding: Finding, anchor: Figure, figures: list[Figure]) -> None:
+def _add_runway_risk(finding: Finding, anchor: Figure, figures: list[Figure], active: frozenset[str]) -> None:
     if "runway" not in anchor.tokens or anchor.unit != "months":
+        return
+    rule = rules.RUNWAY_CONSEQUENCE
+    sources = (anchor.source,)
+    if not rule.is_on_for(active) and anchor.value < 18:
+        # The seed's mistake while the harness is silent: a generic red flag, no consequence drawn.
+        finding.lead += " Cash runway is a red flag to keep an eye on."
+        if finding.rule_id is None:
+            finding.rule_id, finding.rule_followed = rule.id, False
+        finding.risks.append(Risk(
+            risk="Cash runway is a red flag", severity="Medium",
+            rationale=f"Reported runway is {anchor.display}.", evidence=sources,
+            open_questions=["How is runway expected to develop?"], category="Financial",
+        ))
         return
     burn = next((f for f in figures if "burn" in f.tokens and f.kind == "structured"), None)
     burn_text = f" at {burn.display} cash burn" if burn else ""
@@ -787,7 +800,7 @@ def analyse(question: Question, evidence: Evidence, active: frozenset[str]) -> A
                        and f.unit == "months"), None)
         if runway:
             probe = Finding(topic="runway", lead="")
-            _add_runway_risk(probe, runway, evidence.figures)
+            _add_runway_risk(probe, runway, evidence.figures, active)
             risks += probe.risks
     risks += [risk for risk in map(risk_from_fact, relevant) if risk]
     risks = severity_sorted(list({risk.risk: risk for risk in risks}.values()))[:5]

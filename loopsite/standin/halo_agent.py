@@ -41,6 +41,7 @@ from typing import Any
 
 from .conversation import Conversation, Exchange, Reply, ToolCall
 from .rules import RULES, Rule
+from .textrules import key_words, stem
 
 NAME = "halo_agent"
 TRACE_TOOLS = ("get_dataset_overview", "query_traces", "search_trace", "view_spans")
@@ -256,6 +257,7 @@ class Reading:
     global_traces: set[str] = field(default_factory=set)
     subagent_answers: list[str] = field(default_factory=list)
     tool_calls: int = 0
+    gate_summary_span: str = ""
 
     @property
     def run_traces(self) -> int:
@@ -300,6 +302,7 @@ class Reading:
         elif source == "human_feedback":
             self.feedback.append({
                 "id": str(attributes.get("feedback.id") or ""),
+                "span_id": str(span.get("span_id") or ""),
                 "trace_id": trace_id,
                 "label": str(attributes.get("feedback.trace_label") or trace_id[:8]),
                 "question": str(attributes.get("feedback.question") or ""),
@@ -325,6 +328,7 @@ class Reading:
             })
         elif source == "eval_gate" and name == "eval_gate.summary":
             self.global_traces.add(trace_id)
+            self.gate_summary_span = str(span.get("span_id") or "")
             self.gate_summary = {key: int(attributes.get(f"eval_gate.{key}") or 0)
                                  for key in ("total", "passed", "failed")}
         elif source == "eval_gate":
@@ -356,10 +360,27 @@ def rule_scores(text: str) -> dict[str, int]:
 
 
 def best_rule(text: str) -> Rule | None:
-    """The rule whose keywords the text mentions most (ties: the order of rules.RULES); None if none."""
+    """The rule the text is about: the most keyword hits, then the most subject words shared with the rule's
+    title and sentence (ties: the order of rules.RULES); None when it mentions no keyword and shares fewer
+    than three subject words with every rule."""
     scores = rule_scores(text)
-    best = max(RULES, key=lambda rule: (scores.get(rule.id, 0), -RULES.index(rule)))
-    return best if scores.get(best.id, 0) > 0 else None
+    words = {stem(word) for word in key_words(text)}
+    shared = {rule.id: len(words & {stem(word) for word in key_words(f"{rule.title} {rule.sentence}")}) for rule in RULES}
+    best = max(RULES, key=lambda rule: (scores.get(rule.id, 0), shared[rule.id], -RULES.index(rule)))
+    return best if scores.get(best.id, 0) > 0 or shared[best.id] >= 3 else None
+
+
+def stated_in(rule_text: str, harness_text: str) -> str:
+    """The harness sentence that states the rule in other words: it shares at least three subject words with
+    the rule, and at least half of its own subject words are the rule's ("" when none does)."""
+    wanted = {stem(word) for word in key_words(rule_text)}
+    for sentence in re.split(r"(?<=[.!?])\s+|\n+|\",\s*\"", harness_text or ""):
+        sentence = sentence.strip(' -"[]{}')
+        words = {stem(word) for word in key_words(sentence)}
+        shared = wanted & words
+        if len(shared) >= 3 and len(shared) * 2 >= len(words):
+            return sentence
+    return ""
 
 
 @dataclass
@@ -368,6 +389,7 @@ class Case:
 
     rule: Rule
     present: bool
+    stated_as: str = ""  # the harness sentence that states the rule in other words, if any
     failing_rows: list[dict] = field(default_factory=list)
     passing_rows: list[dict] = field(default_factory=list)
     feedback: list[dict] = field(default_factory=list)
@@ -390,6 +412,12 @@ class Case:
     def sort_key(self) -> tuple:
         return (-len(self.failing_rows), -(len(self.feedback) + len(self.evals)), -len(self.insights),
                 RULES.index(self.rule))
+
+    def citations(self) -> str:
+        ids = ([f"[gate:{eval_id}]" for eval_id in _eval_ids(self.failing_rows)]
+               + [f"[feedback:{item['id']}]" for item in self.feedback if item.get("id")]
+               + [f"[eval:{item['id']}]" for item in self.evals if item.get("id")])
+        return " ".join(dict.fromkeys(ids))
 
     def evidence_text(self) -> str:
         parts = []
@@ -420,23 +448,36 @@ class Diagnosis:
 
 def diagnose(reading: Reading) -> Diagnosis:
     harness_text = "\n".join([reading.harness.get("system_prompt", ""), reading.harness.get("tool_policy", "")])
-    cases = {rule.id: Case(rule=rule, present=rule.is_on(harness_text)) for rule in RULES}
+    cases = {}
+    for rule in RULES:
+        stated = "" if rule.is_on(harness_text) else stated_in(rule.sentence, harness_text)
+        cases[rule.id] = Case(rule=rule, present=rule.is_on(harness_text) or bool(stated), stated_as=stated)
     evals_by_id = {item["id"]: item for item in reading.evals}
     uncovered_feedback: list[dict] = []
     uncovered_rows: list[dict] = []
+    rule_of_trace: dict[str, Rule | None] = {}
     for item in reading.feedback:
         rule = best_rule(" ".join([item["question"], item["summary"], *item["required"], *item["prohibited"]]))
+        rule_of_trace.setdefault(item["trace_id"], rule)
         if rule is None:
             uncovered_feedback.append(item)
         else:
             cases[rule.id].feedback.append(item)
+
+    def about(trace_id: str, text: str) -> Rule | None:
+        # An eval or gate row is about what the feedback on its trace is about; else its own words decide.
+        if trace_id in rule_of_trace:
+            return rule_of_trace[trace_id]
+        return best_rule(text)
+
     for item in reading.evals:
-        rule = best_rule(" ".join([item["title"], item["expected"]]))
+        rule = about(item["trace_id"], " ".join([item["title"], item["expected"]]))
         if rule is not None:
             cases[rule.id].evals.append(item)
     for row in reading.gate_rows:
         scored = evals_by_id.get(row["eval_id"], {})
-        rule = best_rule(" ".join([row["title"], row["explanation"], scored.get("title", ""), scored.get("expected", "")]))
+        rule = about(scored.get("trace_id") or row["trace_id"],
+                     " ".join([row["title"], scored.get("title", ""), scored.get("expected", "")]))
         if rule is None:
             if not row["passed"]:
                 uncovered_rows.append(row)
@@ -466,6 +507,7 @@ class Recommendation:
     validation: str
     case: Case | None = None
     evidence_ids: dict[str, list[str]] = field(default_factory=dict)
+    cites: str = ""  # the citations, in the syntax the report prompt asks for ([feedback:ID] ...)
 
 
 def recommendations(diagnosis: Diagnosis) -> list[Recommendation]:
@@ -478,19 +520,20 @@ def recommendations(diagnosis: Diagnosis) -> list[Recommendation]:
         if case.present:
             title = f"Enforce the existing rule: {case.rule.title}"
             kind = "enforce_existing_rule"
-            why = ("The harness already states this rule, yet the gate still fails on it: make it a checked step, "
-                   "not only an instruction.")
+            stated = f" (\"{_short(case.stated_as, 160)}\")" if case.stated_as else ""
+            why = (f"The harness already states this rule{stated}, yet the runs do not follow it: state it precisely "
+                   "and make it a checked step, not only an instruction.")
             effort = "Medium"
         else:
             title = f"Add to the prompt: {case.rule.title}"
             kind = "add_prompt_sentence"
-            why = "The harness prompt does not state this rule, and the analyst makes the mistake it prevents."
+            why = "Neither the prompt nor the tool policy states this rule, and the analyst makes the mistake it prevents."
             effort = "Low"
         recs.append(Recommendation(
             title=title, kind=kind, why=why,
             impact="High" if case.failing_rows else "Medium",
             confidence="High" if case.failing_rows and (case.feedback or case.evals) else "Medium",
-            effort=effort, evidence=case.evidence_text(), validation=validation, case=case,
+            effort=effort, evidence=case.evidence_text(), validation=validation, case=case, cites=case.citations(),
             evidence_ids={
                 "failing_gate_rows": _eval_ids(case.failing_rows),
                 "human_feedback": [item["id"] for item in case.feedback],
@@ -507,6 +550,8 @@ def recommendations(diagnosis: Diagnosis) -> list[Recommendation]:
             evidence=f"human feedback ({item['label']})" + (f", {len(rows)} failing gate row(s)" if rows else ""),
             validation=(f"Re-run {', '.join(f'`{eval_id}`' for eval_id in _eval_ids(rows))}." if rows
                         else "Add an eval from this feedback."),
+            cites=" ".join([f"[feedback:{item['id']}]"] + [f"[gate:{eval_id}]" for eval_id in _eval_ids(rows)]
+                           + [f"[eval:{e['id']}]" for e in reading.evals if e["trace_id"] == item["trace_id"]]),
             evidence_ids={"failing_gate_rows": _eval_ids(rows), "human_feedback": [item["id"]], "generated_evals": []},
         ))
     covered_rows = {row["eval_id"] for item in diagnosis.uncovered_feedback for row in diagnosis.uncovered_rows
@@ -519,7 +564,7 @@ def recommendations(diagnosis: Diagnosis) -> list[Recommendation]:
             kind="new_requirement",
             why="A gate row fails for a reason no rule in the current harness addresses.",
             impact="High", confidence="Medium", effort="Medium", evidence=f"failing gate row ({row['label']})",
-            validation=f"Re-run `{row['eval_id']}`.",
+            validation=f"Re-run `{row['eval_id']}`.", cites=f"[gate:{row['eval_id']}]",
             evidence_ids={"failing_gate_rows": [row["eval_id"]], "human_feedback": [], "generated_evals": []},
         ))
     eval_count = len(reading.evals) or reading.gate["total"]
@@ -531,6 +576,7 @@ def recommendations(diagnosis: Diagnosis) -> list[Recommendation]:
         impact="Medium", confidence="High", effort="Low",
         evidence=f"{eval_count} eval definition(s), gate {reading.gate['passed']}/{reading.gate['total']} passed",
         validation="Run the whole suite against the candidate and compare with this baseline row by row.",
+        cites=f"[span:{reading.gate_summary_span}]" if reading.gate_summary_span else "",
         evidence_ids={"failing_gate_rows": [], "human_feedback": [], "generated_evals": [e["id"] for e in reading.evals]},
     ))
     return recs
@@ -584,7 +630,9 @@ def _top_three(recs: list[Recommendation]) -> str:
         lines.append(f"{number}. **{rec.title}.** {rec.why}")
         if rec.kind == "add_prompt_sentence" and rec.case is not None:
             lines.append(f"   Add this sentence to the system prompt: \"{rec.case.rule.sentence}\"")
-        lines.append(f"   Evidence: {rec.evidence}.")
+        elif rec.kind == "enforce_existing_rule" and rec.case is not None and rec.case.stated_as:
+            lines.append(f"   Restate it precisely in the system prompt: \"{rec.case.rule.sentence}\"")
+        lines.append(f"   Evidence: {rec.evidence}." + (f" {rec.cites}" if rec.cites else ""))
     return "\n".join(lines)
 
 
@@ -596,7 +644,8 @@ def _ranked_table(recs: list[Recommendation]) -> str:
         "| ---: | --- | --- | --- | --- | --- | --- |",
     ]
     for rank, rec in enumerate(recs, start=1):
-        cells = [str(rank), rec.title, rec.impact, rec.confidence, rec.effort, rec.evidence, rec.validation]
+        evidence = f"{rec.evidence} {rec.cites}".strip()
+        cells = [str(rank), rec.title, rec.impact, rec.confidence, rec.effort, evidence, rec.validation]
         lines.append("| " + " | ".join(_cell(cell) for cell in cells) + " |")
     return "\n".join(lines)
 
@@ -641,7 +690,14 @@ def _detailed(diagnosis: Diagnosis, recs: list[Recommendation]) -> str:
             lines.append(f"   > {case.rule.sentence}")
             lines.append("")
     for case in to_enforce:
-        lines.append(f"- The prompt already states rule `{case.rule.id}` ({case.rule.title}); keep it as written.")
+        if not case.stated_as:
+            lines.append(f"- The prompt already states rule `{case.rule.id}` ({case.rule.title}); keep it as written.")
+            continue
+        lines.append(f"- The harness states rule `{case.rule.id}` ({case.rule.title}) only in general terms "
+                     f"(\"{_short(case.stated_as, 160)}\"), and the runs do not follow it; restate it precisely:")
+        lines.append("")
+        lines.append(f"  > {case.rule.sentence}")
+        lines.append("")
     for rec in new:
         lines.append(f"- {rec.title} (no existing rule covers it; {rec.evidence}).")
     if not (to_add or to_enforce or new):

@@ -9,11 +9,15 @@ How it decides, line by line through the rubric:
   "never", "fail if", ...) makes the bullets under it prohibitions, any other heading
   makes them requirements; other lines are split into sentences, each a requirement
   unless it carries a negative word itself;
-- a requirement with quoted phrases is met when the output contains every one of them
-  (case-insensitive); without quotes it is met when the output contains at least half of
-  its meaningful words; a sentence with no meaningful word is not a check;
-- a prohibition with quoted phrases is broken when the output contains any of them; a
-  prohibition without quotes cannot be checked literally and is only mentioned;
+- a requirement is met when the output contains every quoted phrase (case-insensitive) and
+  uses the clause's key words outside the quotes (words, not instruction verbs such as "name"
+  or "mark"; plural and verb endings and a few synonyms such as conflict/contradiction count):
+  all of them when there are up to four, three in four otherwise; a clause with neither quotes
+  nor key words is not a check;
+- a prohibition with quoted phrases is broken when the output contains any of them; without
+  quotes it is broken when the output says the claim's wording (fillers such as "simply" aside),
+  or has a sentence that does not negate it and uses all its key words and figures; a
+  prohibition with fewer than two key words is not a check;
 - score = checks met / checks made (1.0 with no checks); pass = every check met.
 """
 
@@ -24,7 +28,7 @@ import re
 from dataclasses import dataclass
 
 from .conversation import Conversation, Reply
-from .textrules import content_words, quoted
+from .textrules import figures_in, find_wording, has_phrase, key_terms, key_words, mentions_word, negative_literal, quoted, sentences
 
 NAME = "rubric_judge"
 PRODUCES_JSON = True
@@ -35,6 +39,17 @@ _NEGATIVE = re.compile(
     re.IGNORECASE,
 )
 _BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+")
+_PROHIBITION_LEAD = re.compile(r"^(?:do not|don't|must not|should not|never|avoid|not)\s+", re.IGNORECASE)
+_BEHAVIOUR_WORDS = frozenset("stop stops imply implies say says claim claims promote promotes present presents "
+                             "state states call calls treat treats silently make makes".split())
+_NEGATED = re.compile(r"\b(?:not|no|never|instead of|rather than|understates?|unsupported|unknown)\b", re.IGNORECASE)
+_SETTLING_WORDS = frozenset({"estimate", "official", "reconcile", "reconciled", "unsupported", "unvalidated",
+                             "promote", "inflated", "unverified", "unaudited"})
+_CAVEAT = re.compile(r"\b(?:unsupported|unknown|unvalidated|unverified|estimate[sd]?|flagged|partial|directional|not|"
+                     r"preliminary|unaudited|cannot|conflicts?|contradict\w*|differs?|disagree\w*)\b", re.IGNORECASE)
+_QUOTES = re.compile(r'"[^"\n]{2,120}"|“[^”\n]{2,120}”|`[^`\n]{2,120}`')
+# Words a generated rubric uses to point at its quotes, not things the answer must say.
+_REFERENCE_WORDS = frozenset({"names", "judged", "said", "wording", "phrase"})
 
 
 def matches(conv: Conversation) -> bool:
@@ -89,28 +104,61 @@ def clauses(rubric: str) -> list[tuple[str, bool]]:
 
 
 def _contains(output: str, phrase: str) -> bool:
-    return " ".join(phrase.lower().split()) in " ".join(output.lower().split())
+    return has_phrase(output, phrase)
 
 
 def check(output: str, clause: str, negative: bool) -> Check | None:
     phrases = quoted(clause)
     if negative:
         if not phrases:
-            return None
+            return _unquoted_prohibition(output, clause)
         said = [phrase for phrase in phrases if _contains(output, phrase)]
         detail = f"says “{said[0]}”" if said else "avoids " + ", ".join(f"“{p}”" for p in phrases)
         return Check(clause, True, not said, detail)
-    if phrases:
-        missing = [phrase for phrase in phrases if not _contains(output, phrase)]
-        detail = ("lacks " + ", ".join(f"“{p}”" for p in missing)) if missing else (
-            "has " + ", ".join(f"“{p}”" for p in phrases))
-        return Check(clause, False, not missing, detail)
-    words = content_words(clause)
-    if not words:
+    missing = [phrase for phrase in phrases if not _contains(output, phrase)]
+    words = [word for word in key_words(_QUOTES.sub(" ", clause)) if word not in _REFERENCE_WORDS]
+    if not phrases and not words:
         return None
-    present = [word for word in words if _contains(output, word)]
-    met = len(present) * 2 >= len(words)
-    return Check(clause, False, met, f"{len(present)} of {len(words)} key words ({', '.join(words[:6])})")
+    absent = [word for word in words if not mentions_word(output, word)]
+    needed = len(words) if len(words) <= 4 else -(-3 * len(words) // 4)
+    met = not missing and len(words) - len(absent) >= needed
+    if met:
+        detail = "has " + ", ".join([f"“{p}”" for p in phrases] + words[:6])
+    else:
+        detail = "lacks " + ", ".join([f"“{p}”" for p in missing] + absent[:6])
+    return Check(clause, False, met, detail)
+
+
+def _unquoted_prohibition(output: str, clause: str) -> Check | None:
+    """A prohibition without quotes: broken when a sentence of the output that does not negate it says the
+    claim's wording ("SOC 2 is simply complete" -> "SOC 2 complete") or uses all the claim's key words and
+    figures; not a check when the claim has fewer than two key words."""
+    text = _PROHIBITION_LEAD.sub("", clause.strip())
+    literal = negative_literal(clause)
+    if literal and len(literal.split()) >= 2:
+        for sentence in sentences(output):
+            wording = find_wording(sentence, literal, before=0)
+            if wording and not _NEGATED.search(sentence):
+                return Check(clause, True, False, f"says “{wording}”")
+    words = [word for word in key_words(text) if word not in _BEHAVIOUR_WORDS and not re.search(r"\d", word)]
+    figures = figures_in(text)
+    if len(words) < 2:
+        return None
+    for sentence in sentences(output):
+        if _NEGATED.search(sentence):
+            continue
+        if all(mentions_word(sentence, word) for word in words) and all(figure in sentence for figure in figures):
+            return Check(clause, True, False, f"says it: “{_short(sentence, 120)}”")
+    # A claim that forbids settling a figure ("promote the NRR estimate into an official metric", "silently
+    # reconcile the ARR gap"): broken by a line (not a question) that states a figure for its subject with no caveat.
+    if set(words) & _SETTLING_WORDS:
+        for subject in [term for term in key_terms(text) if not figures_in(term)]:
+            pattern = re.compile(rf"(?<!\w){re.escape(subject)}(?!\w)", re.IGNORECASE)
+            for paragraph in output.splitlines():  # a line: an answer paragraph or a list item
+                at = pattern.search(paragraph)
+                if at and "?" not in paragraph and figures_in(paragraph[at.end():]) and not _CAVEAT.search(paragraph):
+                    return Check(clause, True, False, f"states {subject} as settled: “{_short(paragraph.strip(), 120)}”")
+    return Check(clause, True, True, "no sentence makes it (" + ", ".join(words[:6]) + ")")
 
 
 def grade(*, output: str, rubric: str) -> dict:

@@ -79,11 +79,24 @@ UNVALIDATED_ESTIMATES = Rule(
     mistake="Reports the estimate (for example a 122% NRR) as the company's metric.",
 )
 
+RUNWAY_CONSEQUENCE = Rule(
+    id="runway_consequence",
+    title="State the runway in months and what it means for financing",
+    triggers=("runway in months", "runway consequence"),
+    sentence=(
+        "When the dataroom reports a cash runway, state the runway in months together with the burn, and "
+        "spell out what it means for near-term financing pressure (whether the company must raise, cut burn "
+        "or improve cash generation soon) instead of calling it a generic red flag."
+    ),
+    mistake="Calls the runway a generic red flag without saying what it means for near-term financing.",
+)
+
 RULES: tuple[Rule, ...] = (
     SOURCE_OF_TRUTH_METRICS,
     PARENT_ACCOUNT_ROLLUP,
     CERTIFICATION_PRECISION,
     UNVALIDATED_ESTIMATES,
+    RUNWAY_CONSEQUENCE,
 )
 
 

@@ -17,7 +17,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from . import faults, wire
+from . import analyst, faults, wire
 from .conversation import RequestError, from_chat_request, from_responses_request
 from .dispatch import choose_role
 
@@ -30,9 +30,10 @@ ROUTES_HELP = "The stand-in serves POST /v1/responses, POST /v1/chat/completions
 
 class HttpError(Exception):
     def __init__(self, status: int, message: str, *, code: str, param: str | None = None,
-                 kind: str = "invalid_request_error"):
+                 kind: str = "invalid_request_error", headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.code, self.param, self.kind = status, message, code, param, kind
+        self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
@@ -42,12 +43,38 @@ class StandinServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], *, delay: float = 0.0, fault: str | None = None):
+    def __init__(self, address: tuple[str, int], *, delay: float = 0.0, fault: str | None = None,
+                 probe_commands: tuple[str, ...] = ()):
         super().__init__(address, Handler)
+        # Shell commands the analyst runs first in every agent run: configuration of this server
+        # (tests look around inside the agent's jail with them), never text from a request.
+        self.probe_commands = tuple(command for command in probe_commands if command.strip())
         self.delay = max(0.0, float(delay))
         if fault is not None and fault not in faults.FAULTS:
             raise ValueError(f"Unknown fault {fault!r}; choose one of {', '.join(faults.FAULTS)}.")
         self.fault = fault  # see faults.py: JSON-producing roles answer wrongly on purpose
+        self.rate_limiter = faults.RateLimiter() if fault == faults.RATE_LIMITED else None
+        # Model calls being answered right now and the most at once since start (tests check that the app keeps
+        # MODEL_MAX_CONCURRENT whoever calls); refused (429) calls count too.
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self.model_calls = 0
+        self._count_lock = threading.Lock()
+
+    def _call_started(self) -> None:
+        with self._count_lock:
+            self.in_flight += 1
+            self.model_calls += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+
+    def _call_ended(self) -> None:
+        with self._count_lock:
+            self.in_flight -= 1
+
+    def reset_counts(self) -> None:
+        with self._count_lock:
+            self.peak_in_flight = self.in_flight
+            self.model_calls = 0
 
     @property
     def base_url(self) -> str:
@@ -100,6 +127,18 @@ class Handler(BaseHTTPRequestHandler):
             self._read_body()
             raise self._not_found()
         raw = self._read_body()
+        self.server._call_started()
+        try:
+            return self._answer(raw, info)
+        finally:
+            self.server._call_ended()
+
+    def _answer(self, raw: bytes, info: dict[str, Any]) -> tuple[int, str, bytes]:
+        if self.server.rate_limiter is not None and self.server.rate_limiter.refuse(raw):
+            retry_after = faults.RATE_LIMIT_RETRY_AFTER
+            raise HttpError(429, f"Rate limit reached (stand-in fault {faults.RATE_LIMITED}): retry after "
+                                 f"{retry_after} s.", code="rate_limit_exceeded", kind="requests",
+                            headers={"Retry-After": str(retry_after)})
         try:
             body = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -114,7 +153,11 @@ class Handler(BaseHTTPRequestHandler):
             raise HttpError(400, str(exc), code="invalid_request", param=exc.param) from exc
         role = choose_role(conv)
         info.update(model=conv.model, role=role.NAME, stream=stream)
-        reply = faults.apply(self.server.fault, role, conv, role.reply(conv))
+        if role is analyst:
+            answer = analyst.reply(conv, probe_commands=self.server.probe_commands)
+        else:
+            answer = role.reply(conv)
+        reply = faults.apply(self.server.fault, role, conv, answer)
         if self.server.delay:
             time.sleep(self.server.delay)
         if self.route == "/v1/responses":
@@ -152,9 +195,11 @@ class Handler(BaseHTTPRequestHandler):
     def _handle(self, action) -> None:  # noqa: ANN001
         started = time.monotonic()
         info: dict[str, Any] = {}
+        headers: dict[str, str] = {}
         try:
             status, content_type, payload = action(info)
         except HttpError as exc:
+            headers = exc.headers
             status, content_type, payload = _json(exc.status, exc.body())
             info["error"] = exc.message
             if exc.status == 413:
@@ -170,6 +215,8 @@ class Handler(BaseHTTPRequestHandler):
         if content_type == "text/event-stream":
             self.send_header("Cache-Control", "no-cache")
         self.send_header("Content-Length", str(len(payload)))
+        for name, value in headers.items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(payload)
         self.wfile.flush()
@@ -184,14 +231,15 @@ def _json(status: int, body: dict[str, Any]) -> tuple[int, str, bytes]:
 
 
 def make_server(host: str = "127.0.0.1", port: int = 8765, *, delay: float = 0.0,
-                fault: str | None = None) -> StandinServer:
-    return StandinServer((host, port), delay=delay, fault=fault)
+                fault: str | None = None, probe_commands: tuple[str, ...] = ()) -> StandinServer:
+    return StandinServer((host, port), delay=delay, fault=fault, probe_commands=probe_commands)
 
 
 def serve_in_thread(host: str = "127.0.0.1", port: int = 0, *, delay: float = 0.0,
-                    fault: str | None = None) -> tuple[StandinServer, threading.Thread]:
+                    fault: str | None = None,
+                    probe_commands: tuple[str, ...] = ()) -> tuple[StandinServer, threading.Thread]:
     """Start a server on a background daemon thread (port 0 = any free port); stop it with server.shutdown()."""
-    server = make_server(host, port, delay=delay, fault=fault)
+    server = make_server(host, port, delay=delay, fault=fault, probe_commands=probe_commands)
     thread = threading.Thread(target=server.serve_forever, name="loopsite-standin", daemon=True)
     thread.start()
     return server, thread

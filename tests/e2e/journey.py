@@ -192,7 +192,7 @@ def _add_row(page: Page, kind: str, text: str) -> None:
     label = "+ Add observation" if kind == "required_observation" else "+ Add prohibited claim"
     page.get_by_role("button", name=label).click()
     expect(rows).to_have_count(before + 1)
-    new = rows.nth(before).locator("input[name=item_text]")
+    new = rows.nth(before).locator("[name=item_text]")
     new.fill(text)
 
 
@@ -218,7 +218,7 @@ def write_feedback(page: Page, spec: Spec, *, cite_span: bool = False, reorder: 
         rows = _rows(page, "required_observation")
         last = rows.count() - 1
         rows.nth(last).get_by_role("button", name="Move up").click()
-        expect(_rows(page, "required_observation").nth(last - 1).locator("input[name=item_text]")).to_have_value(
+        expect(_rows(page, "required_observation").nth(last - 1).locator("[name=item_text]")).to_have_value(
             spec.required[0])
     for text in spec.prohibited:
         _add_row(page, "prohibited_claim", text)
@@ -229,14 +229,16 @@ def write_feedback(page: Page, spec: Spec, *, cite_span: bool = False, reorder: 
 
     if cite_span:
         first = _rows(page, "required_observation").first
-        first.locator("input[name=item_text]").click()  # the row to cite into
+        first.locator("[name=item_text]").click()  # the row to cite into
         tool_row = page.locator("#trace-panel details.span.kind-tool").first
         reveal_span(page, tool_row)
         tool_span = tool_row.locator(":scope > summary .span-name[data-span-id]")
         span_id = tool_span.get_attribute("data-span-id")
         tool_span.locator(".cite-btn").click()
         expect(first.locator(".fb-cite")).to_have_attribute("data-cites", "span")
-        expect(first.locator(".cite-link")).to_have_text(f"span {span_id}")
+        # The citation reads as what the span did (its name and command), with the id in its link and title.
+        expect(first.locator(".cite-link")).to_contain_text("exec_command")
+        expect(first.locator(".cite-link")).to_have_attribute("href", re.compile(rf"#span-{re.escape(span_id)}$"))
         expect(first.locator("input[name=item_span]")).to_have_value(span_id)
         seen["cited_span"] = span_id
 
@@ -302,6 +304,17 @@ def wait_for_proposals(page: Page, base: str, cycle_pk: int) -> None:
 def proposal_ids(page: Page) -> list[int]:
     ids = page.locator("[data-testid^=case-card-]").evaluate_all("els => els.map(e => e.dataset.testid)")
     return [int(t.removeprefix("case-card-")) for t in ids]
+
+
+def wait_for_backtests(cycle_pk: int, *, timeout: float = 120) -> None:
+    """Until every proposal of the cycle has finished its back-test: approving earlier needs a written reason."""
+    from reviews.models import EvalCase
+    from tests.fixtures_worker import wait_for
+
+    def done():
+        return all(not case.backtest_state().active for case in EvalCase.objects.filter(cycle_id=cycle_pk))
+
+    wait_for(done, timeout=timeout, message="the proposals' back-tests")
 
 
 def approve_from_list(page: Page, case_pk: int) -> None:

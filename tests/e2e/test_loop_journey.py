@@ -18,6 +18,7 @@ from reviews.models import EvalCase, GateRun, Optimization
 from tests.e2e.journey import (  # noqa: F401 (journey_worker and role_groups are fixtures)
     approve_all,
     approve_from_list,
+    wait_for_backtests,
     assign_all,
     goto,
     journey_worker,
@@ -81,6 +82,7 @@ def test_after_the_last_eval_decision_the_gate_and_halo_run_and_the_handoff_down
     expect(page.locator("[data-testid=waiting-gate]")).to_contain_text("to be decided")
     assert not GateRun.objects.filter(cycle_id=cycle_pk).exists()
 
+    wait_for_backtests(cycle_pk)
     goto(page, base, f"/cycles/{cycle_pk}/evals/")
     cases = proposal_ids(page)
     assert len(cases) >= 5

@@ -19,6 +19,7 @@ from loopsite.standin.rules import (
     SOURCE_OF_TRUTH_METRICS,
     UNVALIDATED_ESTIMATES,
 )
+from reviews.candidates import comparison
 from reviews.models import Cycle, EvalCase, GateRun, Optimization, approve_run, get_or_create_feedback
 from runs.models import Harness, Question, Run
 from runs.work import start_batch
@@ -56,8 +57,12 @@ def cycle_with_handoff(*, sample, engineer, reviewer, approver) -> Cycle:
         feedback.submit(by=reviewer)
         approve_run(cycle=cycle, run=run, by=approver, content=content, version=0)
     cases = wait_for(lambda: list(EvalCase.objects.filter(cycle=cycle)), timeout=90, message="the eval proposals")
+    wait_for(lambda: all(not case.backtest_state().active for case in cases), timeout=120,
+             message="the proposals' back-tests")
     for case in cases:
-        case.approve(by=approver)  # the last one starts the gate, and the gate HALO
+        concern = case.backtest_state().concern
+        case.approve(by=approver, reason="Kept: the seed's feedback asks for it." if concern else "")
+        # the last one starts the gate, and the gate HALO
     optimization = wait_for(
         lambda: Optimization.objects.filter(cycle=cycle).exclude(status__in=["queued", "running"]).first(),
         timeout=120, message="the gate and HALO")
@@ -122,6 +127,12 @@ def test_a_drafted_version_is_evaluated_and_promoted_and_a_regressing_one_is_ref
     page = login(approver)
     goto(page, base, f"/gate/{gate_v002}/compare/")
     expect(page.locator("[data-testid=promote-panel]")).to_contain_text("No regression")
+    expect(page.locator("[data-testid=unverified-count]")).to_have_text("0 not verified")
+    # Rubric verdicts of a judge not calibrated against the experts need a recorded reason (reviews/calibration.py).
+    candidate_gate = GateRun.objects.select_related("baseline__harness", "harness").get(pk=gate_v002)
+    if comparison(candidate_gate.baseline, candidate_gate).needs_reason:
+        expect(page.locator("[data-testid=promote-needs-reason]")).to_contain_text("not calibrated")
+        page.fill("textarea[name=override_reason]", "Rubric verdicts checked by hand.")
     page.locator("[data-testid=promote]").click()
     expect(page.locator("[data-testid=compare-note]")).to_have_text("v002 is now the promoted version.")
     expect(page.locator("[data-testid=promoted]")).to_be_visible()

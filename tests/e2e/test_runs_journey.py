@@ -79,7 +79,12 @@ def test_an_engineer_runs_the_default_five_and_a_dataroom_of_their_own(journey_w
     page.locator("label.tab-label", has_text="evidence_table.csv").click()
     expect(page.locator("[data-artifact='evidence_table.csv'] table.csv tbody tr").first).to_be_visible()
     page.locator("label.tab-label", has_text="risk_register.json").click()
-    expect(page.locator("[data-artifact='risk_register.json'] pre")).to_be_visible()
+    # A JSON list of records reads as a table; the stored JSON is one click away.
+    expect(page.locator("[data-artifact='risk_register.json'] table[data-testid=artifact-table] tbody tr").first
+           ).to_be_visible()
+    stored = page.locator("[data-artifact='risk_register.json'] details", has_text="As stored (JSON)")
+    stored.locator("summary").click()
+    expect(stored.locator("pre")).to_be_visible()
     validators = page.locator("#validators [data-validator]")
     expect(validators).to_have_count(2)
     expect(page.locator("#validators .badge-pass")).to_have_count(2)

@@ -53,21 +53,33 @@ def test_the_insight_writer_derives_observations_from_the_trace(standin_server):
 
 
 def test_the_eval_generator_turns_feedback_into_positive_and_negative_checks(standin_server):
-    prompt = generation.evals_prompt([TRACE], [FEEDBACK], [])
+    feedback = dict(FEEDBACK, required_observations=["Name the 11-month runway", "Tie burn to near-term financing pressure"])
+    prompt = generation.evals_prompt([TRACE], [feedback], [])
     [item] = json.loads(responses_text(standin_server, [{"role": "user", "content": prompt}]))
     assert item["eval_id"] == "financial-risk-trace-01"
     assert item["source_trace_id"] == "a" * 32
-    assert item["scoring_method"] == "hybrid"
-    assert item["deterministic_assertions"] == [
-        {"type": "icontains", "value": "11"}, {"type": "not-contains", "value": "SOC 2 is complete"}]
+    # The answer already names the runway ("11 months" is the 11-month runway), so no literal check on the figure:
+    # it could not catch this answer and would fail a right one written "11 months". It never says "SOC 2 is
+    # complete" either. What it lacks, the burn and the financing consequence, is left to the rubric.
+    assert item["scoring_method"] == "llm_judge"
+    assert item["deterministic_assertions"] == []
     assert item["rubric"].splitlines() == [
         "The answer passes only if it meets every requirement below and makes none of the prohibited claims.",
         "Requirements:",
-        '- Name the 11-month runway: mentions "11".',
+        '- Name the 11-month runway (names "11-month").',
+        "- Tie burn to near-term financing pressure.",
         "The answer must not:",
-        '- say “SOC 2 is complete”: says "SOC 2 is complete".',
-        "- stop at legal entities.",
+        '- Claim that "SOC 2 is complete".',
+        "- Stop at legal entities.",
     ]
+    assert item["title"] == "Financial Risk: Name the Runway"
+    assert item["expected_behavior"] == (
+        "Name the runway. Then the burn. A passing answer must name the 11-month runway and tie burn to near-term "
+        "financing pressure. It must not claim that SOC 2 is complete or stop at legal entities.")
+    verdict = judge.grade(output=TRACE["answer"], rubric=item["rubric"])
+    assert verdict["pass"] is False and "Tie burn to near-term financing pressure" in verdict["reason"]
+    assert judge.grade(output=item["suggested_pass_example"], rubric=item["rubric"])["pass"] is True
+    assert judge.grade(output=item["suggested_fail_example"], rubric=item["rubric"])["pass"] is False
     assert set(item) == {"eval_id", "title", "scoring_method", "expected_behavior", "source_trace_id", "rubric",
                          "deterministic_assertions", "suggested_pass_example", "suggested_fail_example"}
 

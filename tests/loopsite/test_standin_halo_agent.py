@@ -164,7 +164,7 @@ def test_a_subagent_reads_the_overview_and_the_traces_then_answers_in_text():
     ("Refuse official NRR and CAC payback when the dataroom does not support them.", "unvalidated_estimates"),
     ("Customer concentration must use finance-controlled ARR as the denominator after parent-account rollups.",
      "parent_account_rollup"),
-    ("State both the 11-month runway and rising burn as financing risk.", None),
+    ("State both the 11-month runway and rising burn as financing risk.", "runway_consequence"),
 ])
 def test_signals_match_the_rule_they_mention_most(text, rule_id):
     rule = halo_agent.best_rule(text)

@@ -156,7 +156,13 @@ def test_the_command_line_serves_and_reads_the_delay_from_the_environment():
         response = httpx.post(f"{base_url}/chat/completions",
                               json={"model": "m", "messages": [{"role": "user", "content": "hi"}]}, timeout=10)
         assert response.status_code == 200
+        logged = ""
+        for _ in range(50):  # the request line is logged just after the reply is sent
+            line = process.stderr.readline()
+            logged += line
+            if not line or "POST /v1/chat/completions 200" in line:
+                break
     finally:
         process.terminate()
         _, stderr = process.communicate(timeout=10)
-    assert "POST /v1/chat/completions 200" in stderr
+    assert "POST /v1/chat/completions 200" in logged + stderr

@@ -72,7 +72,7 @@ def no_broker(monkeypatch):
 
 
 def run_chain(cycle):
-    """Run the queued jobs of a cycle with .apply() until none is queued (insights, then evals)."""
+    """Run the queued jobs of a cycle with .apply(throw=True) until none is queued (insights, then evals)."""
     from reviews.models import GenerationJob
 
     for _ in range(4):
@@ -80,7 +80,10 @@ def run_chain(cycle):
         if job is None:
             return
         task = generate_insights_task if job.kind == GenerationJob.Kind.INSIGHTS else generate_evals_task
-        task.apply(args=[job.pk])
+        task.apply(args=[job.pk], throw=True)
+
+
+PENDING_REASON = "Approved before its back-test finished (test set-up)."
 
 
 def proposed_cases(reviewer, approver, *, count: int = 5):

@@ -16,11 +16,11 @@ from reviews.candidates import (
     comparison,
     evaluate_candidate,
     latest_comparison,
-    suite_questions,
+    suite_targets,
 )
 from reviews.models import EvalCase, GateRun
 from reviews.tasks import run_gate_task
-from runs.models import Harness, Question, Run
+from runs.models import Agent, Harness, Question, Run
 from runs.promotion import PromotionRefused
 from runs.tasks import execute_run
 from runs.work import start_batch
@@ -40,9 +40,10 @@ SUITE = {
 }
 
 
-def _run_queued(batch) -> None:
-    for run in batch.runs.filter(status=Run.Status.QUEUED):
-        execute_run.apply(args=[run.pk])
+def _run_queued(runs) -> None:
+    """Execute the queued runs of a batch or a cycle (`.runs`) with the real runner, as the worker would."""
+    for run in runs.runs.filter(status=Run.Status.QUEUED).order_by("pk"):
+        execute_run.apply(args=[run.pk], throw=True)
 
 
 def _run_gates() -> None:
@@ -51,7 +52,7 @@ def _run_gates() -> None:
         if not pending.exists():
             return
         for gate_run in pending:
-            run_gate_task.apply(args=[gate_run.pk])
+            run_gate_task.apply(args=[gate_run.pk], throw=True)
 
 
 @pytest.fixture
@@ -111,7 +112,7 @@ def _evaluate(candidate, baseline, engineer, capture, **kwargs) -> GateRun:
     with capture():
         gate_run = evaluate_candidate(candidate=candidate, baseline=baseline, user=engineer, **kwargs)
     assert gate_run.status == GateRun.Status.WAITING
-    _run_queued(gate_run.cycle.batch)
+    _run_queued(gate_run.cycle)
     _run_gates()
     gate_run.refresh_from_db()
     gate_run.baseline.refresh_from_db()
@@ -146,7 +147,14 @@ def test_v002_passes_more_of_the_suite_and_v003_regresses_and_is_refused(
 
     page = client_for(approver).get(reverse("reviews:gate-compare", args=[gate_v002.pk])).content.decode()
     assert "+75 points" in page and 'data-outcome="fix"' in page and 'data-outcome="regression"' not in page
-    response = client_for(approver).post(reverse("reviews:gate-promote", args=[gate_v002.pk]))
+    assert 'data-testid="unverified-count">0 not verified</span>' in page
+    # The parent-rollup rubric was decided by a judge never calibrated against the experts: a reason is needed.
+    assert len(result.needs_reason) == 1 and "was not calibrated" in result.needs_reason[0]
+    refused = client_for(approver).post(reverse("reviews:gate-promote", args=[gate_v002.pk]),
+                                        HTTP_HX_REQUEST="true").content.decode()
+    assert "Promotion of v002 is refused: The rubric judge" in refused
+    response = client_for(approver).post(reverse("reviews:gate-promote", args=[gate_v002.pk]),
+                                         {"override_reason": "Rubric verdicts checked by hand."})
     assert response.status_code == 302
     v002.refresh_from_db()
     assert v002.status == Harness.Status.PROMOTED
@@ -181,7 +189,7 @@ def test_v002_passes_more_of_the_suite_and_v003_regresses_and_is_refused(
 
 
 def test_the_suite_questions_come_from_the_cases_source_runs(stored_suite):
-    dataroom, questions = suite_questions()
+    [(dataroom, questions)] = suite_targets(Agent.builtin())
     assert dataroom == stored_suite["dataroom"]
     assert sorted(question.bank_index for question in questions) == sorted(SUITE)
 
@@ -217,7 +225,7 @@ def test_a_baseline_gate_run_is_reused_only_when_it_covers_the_suite(standin, st
     v001 = suite["v001"]
     with django_capture_on_commit_callbacks():
         first = baseline_gate_for(baseline=v001, user=engineer)
-    run_gate_task.apply(args=[first.pk])
+    run_gate_task.apply(args=[first.pk], throw=True)
     first.refresh_from_db()
     assert first.status == GateRun.Status.SUCCEEDED and first.total == len(SUITE)
     assert baseline_gate_for(baseline=v001, user=engineer) == first

@@ -26,7 +26,7 @@ def test_it_names_the_artifact_and_line(client_for, reviewer):
     cycle = make_cycle(run)
     body = check(client_for(reviewer), cycle, run, "Do not claim that the company has 122% official NRR").content.decode()
     assert "investment_memo.md, line 4</a>" in body
-    assert f'href="/runs/{run.pk}/#artifact-investment-memo-md"' in body
+    assert f'href="/runs/{run.pk}/#artifact-investment-memo-md-L4"' in body  # the line itself
 
 
 def test_absent_claims_say_so(client_for, reviewer):
@@ -34,6 +34,8 @@ def test_absent_claims_say_so(client_for, reviewer):
     cycle = make_cycle(run)
     body = check(client_for(reviewer), cycle, run, "Do not imply more than 12 months of runway").content.decode()
     assert 'data-testid="claim-absent"' in body
+    assert "✓</span> Not found in the answer or the artifacts: this run does not make the claim." in body
+    assert "muted" not in body  # the good outcome, not a faded aside
 
 
 def test_short_text_is_not_checked(client_for, reviewer):

@@ -62,3 +62,37 @@ def test_choosing_no_runs_is_an_error(client_for, approver):
     response = client_for(approver).post(reverse("reviews:cycle-create"), {"name": "x"})
     assert "Choose the runs to review." in response.content.decode()
     assert not Cycle.objects.exists()
+
+
+def test_progress_is_counted_per_cycle(reviewer):
+    from reviews.models import Feedback
+
+    from .builders import make_feedback
+
+    shared, other = make_run(), make_run()
+    first, second = make_cycle(shared, other, name="First"), make_cycle(shared, name="Second")
+    make_feedback(first, shared, reviewer, status=Feedback.Status.SUBMITTED)  # reviewed in the first cycle only
+    Feedback.objects.create(cycle=first, run=other, reviewer=reviewer, is_merged=True,
+                            status=Feedback.Status.APPROVED, approved_by=reviewer, version=1)
+    assert Cycle.progress_of([first.pk, second.pk]) == {
+        first.pk: {"total": 2, "reviewed": 1, "approved": 1}, second.pk: {"total": 1, "reviewed": 0, "approved": 0}}
+    assert second.progress() == {"total": 1, "reviewed": 0, "approved": 0}
+    assert Cycle.progress_of([]) == {}
+
+
+def test_the_list_does_not_query_per_cycle(client_for, engineer):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client = client_for(engineer)
+
+    def queries() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert client.get(reverse("reviews:cycle-list")).status_code == 200
+        return len(captured)
+
+    make_cycle(make_run(), name="One")
+    few = queries()
+    for number in range(8):
+        make_cycle(make_run(), make_run(), name=f"More {number}")
+    assert queries() == few

@@ -8,7 +8,7 @@ from django.urls import reverse
 from loopsite.models import AuditEvent
 from reviews.models import EvalCase
 
-from .gen_builders import proposed_cases
+from .gen_builders import PENDING_REASON, proposed_cases
 
 pytestmark = pytest.mark.django_db
 
@@ -22,7 +22,8 @@ def cases(standin, reviewer, approver):
 
 def test_approving_puts_the_case_in_the_suite_and_audits_it(client_for, approver, cases):
     case = cases["trace-01"]
-    response = client_for(approver).post(reverse("reviews:eval-approve", args=[case.pk]), **HTMX)
+    response = client_for(approver).post(reverse("reviews:eval-approve", args=[case.pk]),
+                                         {"reason": PENDING_REASON}, **HTMX)
     assert response.status_code == 200
     assert response["HX-Trigger"] == json.dumps({"evalCaseChanged": {"case": case.pk, "status": "approved"}})
     assert b"Approved: the case is in the regression suite." in response.content
@@ -33,11 +34,24 @@ def test_approving_puts_the_case_in_the_suite_and_audits_it(client_for, approver
     assert event.actor == approver
     assert event.before["status"] == "proposed" and event.after["status"] == "approved"
     assert event.after["approved_by"] == "april"
+    assert case.approval_reason == PENDING_REASON and case.approval_concern.startswith("Its back-test has not finished")
+
+
+def test_a_proposal_whose_back_test_has_not_finished_needs_a_reason(client_for, approver, cases):
+    case = cases["trace-01"]
+    assert case.backtest_state().label == "queued"
+    response = client_for(approver).post(reverse("reviews:eval-approve", args=[case.pk]), **HTMX)
+    assert response.status_code == 200
+    assert "Not approved: Its back-test has not finished" in response.content.decode()
+    case.refresh_from_db()
+    assert case.status == EvalCase.Status.PROPOSED
+    assert not AuditEvent.objects.filter(action="evalcase.approve").exists()
 
 
 def test_approving_from_the_list_answers_with_the_card(client_for, approver, cases):
     case = cases["trace-02"]
-    response = client_for(approver).post(reverse("reviews:eval-approve", args=[case.pk]), {"from": "list"}, **HTMX)
+    response = client_for(approver).post(reverse("reviews:eval-approve", args=[case.pk]),
+                                         {"from": "list", "reason": PENDING_REASON}, **HTMX)
     body = response.content.decode()
     assert body.lstrip().startswith(f'<article class="card eval-card" id="case-card-{case.pk}"')
     assert '<span class="badge badge-approved" data-testid="case-status">Approved</span>' in body
@@ -67,7 +81,7 @@ def test_rejecting_with_a_reason_is_audited(client_for, approver, cases):
 
 def test_a_decided_case_cannot_be_decided_again(client_for, approver, cases):
     case = cases["trace-01"]
-    client_for(approver).post(reverse("reviews:eval-approve", args=[case.pk]), **HTMX)
+    client_for(approver).post(reverse("reviews:eval-approve", args=[case.pk]), {"reason": PENDING_REASON}, **HTMX)
     response = client_for(approver).post(reverse("reviews:eval-reject", args=[case.pk]), {"reason": "Changed my mind"},
                                          **HTMX)
     assert b"The case is approved: it cannot be rejected." in response.content
@@ -120,7 +134,8 @@ def test_the_list_shows_provenance_and_the_checks(client_for, reviewer, cases):
 def test_without_htmx_a_decision_redirects_to_next(client_for, approver, cases):
     case = cases["trace-01"]
     back = reverse("reviews:evals", args=[case.cycle_id]) + "?status=proposed"
-    response = client_for(approver).post(reverse("reviews:eval-approve", args=[case.pk]), {"next": back})
+    response = client_for(approver).post(reverse("reviews:eval-approve", args=[case.pk]),
+                                         {"next": back, "reason": PENDING_REASON})
     assert response.status_code == 302 and response["Location"] == back
     evil = client_for(approver).post(reverse("reviews:eval-reject", args=[cases["trace-02"].pk]),
                                      {"next": "https://evil.example/", "reason": "dup"})

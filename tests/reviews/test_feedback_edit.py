@@ -57,6 +57,9 @@ def test_the_page_shows_the_run_and_an_empty_form(client_for, reviewer, setup):
     assert f'data-span-id="{run.spans.get(position=1).span_id}"' in body
     assert 'data-artifact="investment_memo.md"' in body
     assert "Not started" in body
+    title = body.split("<title>", 1)[1].split("</title>", 1)[0]
+    assert title.startswith(f"Feedback · {run.label}") and "<script" not in title
+    assert body.count('document.addEventListener("keydown"') == 1  # the shortcuts are wired once
 
 
 def test_autosave_creates_the_draft_and_answers_saved(client_for, reviewer, setup):
@@ -101,15 +104,15 @@ def test_validation_errors_show_inline_and_keep_input(client_for, reviewer, setu
     response = client.post(url(cycle, run), form_data(summary="Typed summary", rows=rows), **HTMX)
     body = response.content.decode()
     assert "Not saved: fix the marked fields." in body
-    assert 'id="err-row-0" hx-swap-oob="true"><li>Ensure this value is greater than or equal to 1.</li>' in body
+    assert 'id="err-row-0" hx-swap-oob="true"><li>Line number: enter a whole number from 1 to 10000000.</li>' in body
     assert "HX-Trigger" not in response
     assert not Feedback.objects.exists()
     # An action that re-renders the form keeps every typed value beside the error.
     response = client.post(url(cycle, run), form_data(summary="Typed summary", rows=rows, op=f"add:{CLAIM}"), **HTMX)
     body = response.content.decode()
     assert "Typed summary" in body
-    assert 'value="Cite the hierarchy"' in body
-    assert "greater than or equal to 1" in body
+    assert ">Cite the hierarchy</textarea>" in body
+    assert "Line number: enter a whole number from 1 to 10000000." in body
 
 
 def test_submit_requires_complete_feedback_and_keeps_input(client_for, reviewer, setup):
@@ -195,7 +198,7 @@ def test_rows_are_reordered_within_their_kind(client_for, reviewer, setup):
     response = client.post(url(cycle, run), form_data(rows=rows, op="up:1"), **HTMX)
     assert [i.text for i in Feedback.objects.get().items.all()] == ["second", "first", "claim"]
     body = response.content.decode()
-    assert body.index('value="second"') < body.index('value="first"')
+    assert body.index('>second</textarea>') < body.index('>first</textarea>')
     # Moving the last observation down does not cross into the claims.
     rows = ((OBS, "second", "", "", ""), (OBS, "first", "", "", ""), (CLAIM, "claim", "", "", ""))
     client.post(url(cycle, run), form_data(version=1, rows=rows, op="down:1"), **HTMX)
@@ -213,7 +216,7 @@ def test_a_span_citation_is_stored_and_linked(client_for, reviewer, setup):
     assert (items[1].citation_artifact, items[1].citation_line) == ("investment_memo.md", 3)
     page = client.get(url(cycle, run)).content.decode()
     assert f'href="/runs/{run.pk}/#span-{span_id}"' in page
-    assert f'href="/runs/{run.pk}/#artifact-investment-memo-md"' in page
+    assert f'href="/runs/{run.pk}/#artifact-investment-memo-md-L3"' in page  # the cited line
 
 
 def test_a_citation_must_come_from_this_run(client_for, reviewer, setup):
@@ -284,3 +287,27 @@ def test_an_autosave_never_runs_the_button_that_last_had_focus(client_for, revie
     )
     assert 'data-testid="saved"' in response.content.decode()
     assert [i.text for i in Feedback.objects.get().items.all()] == ["first", "second"]
+
+
+def test_an_incomplete_submit_saves_the_draft_and_says_not_submitted(client_for, reviewer, setup):
+    cycle, run = setup
+    response = client_for(reviewer).post(
+        url(cycle, run), form_data(summary="Half done", verdict="", op="submit"), **HTMX)
+    body = response.content.decode()
+    assert "Not submitted: fix the marked fields. The draft is saved." in body
+    assert "Not saved: fix the marked fields." not in body
+    assert "Choose a verdict before submitting." in body
+    feedback = Feedback.objects.get()
+    assert (feedback.status, feedback.summary) == (Feedback.Status.DRAFT, "Half done")
+    assert f'id="fb-version" value="{feedback.version}"' in body
+
+
+def test_items_are_multi_line_with_the_same_field_names(client_for, reviewer, setup):
+    cycle, run = setup
+    client = client_for(reviewer)
+    text = "Mention parent-account concentration\nand quote the ARR share."
+    rows = ((OBS, text, "", "", ""),)
+    client.post(url(cycle, run), form_data(rows=rows), **HTMX)
+    assert Feedback.objects.get().items.get().text == text
+    body = client.get(url(cycle, run)).content.decode()
+    assert f'>{text}</textarea>' in body and 'class="fb-item-text"' in body and 'name="item_text"' in body

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from loopsite.models import AuditEvent
-from reviews import gate
+from reviews import gate, promptfoo
 from reviews.models import GateRow, GateRun
 from reviews.tasks import run_gate_task
 from runs.models import Run
@@ -26,7 +26,7 @@ def test_the_gate_stores_every_row_as_the_results_file_says(standin, suite):
     cycle, runs, cases = suite
     gate_run = queued_gate(cycle)
     started = time.monotonic()
-    run_gate_task.apply(args=[gate_run.pk])
+    run_gate_task.apply(args=[gate_run.pk], throw=True)
     seconds = time.monotonic() - started
     gate_run.refresh_from_db()
 
@@ -55,7 +55,7 @@ def test_the_gate_stores_every_row_as_the_results_file_says(standin, suite):
 def test_a_failing_case_says_which_assertion_failed_and_why(standin, suite):
     cycle, _, _ = suite
     gate_run = queued_gate(cycle)
-    run_gate_task.apply(args=[gate_run.pk])
+    run_gate_task.apply(args=[gate_run.pk], throw=True)
     row = GateRow.objects.get(gate_run=gate_run, eval_id="soc2-precision")
     assert row.passed is False and row.score == 0 and row.error == ""
     assert row.assertions[0] == {"type": "not-contains", "value": "SOC 2 complete", "pass": False, "score": 0,
@@ -86,7 +86,7 @@ def test_a_case_without_a_run_here_is_skipped_and_a_run_without_an_answer_is_an_
     Run.objects.filter(pk=runs[4].pk).update(status=Run.Status.FAILED, final_answer="", last_error="agent crashed")
     cycle.runs.remove(runs[3])
     gate_run = queued_gate(cycle)
-    run_gate_task.apply(args=[gate_run.pk])
+    run_gate_task.apply(args=[gate_run.pk], throw=True)
     gate_run.refresh_from_db()
     assert gate_run.status == GateRun.Status.SUCCEEDED
     assert (gate_run.total, gate_run.passed, gate_run.failed, gate_run.errors) == (4, 1, 2, 1)
@@ -101,7 +101,7 @@ def test_the_gate_judges_a_harness_by_its_latest_answer_to_each_question(standin
     Run.objects.filter(pk=newer.pk).update(question=runs[2].question)
     Run.objects.filter(pk=runs[2].pk).update(harness=newer.harness)
     gate_run = GateRun.objects.create(harness=runs[0].harness)
-    run_gate_task.apply(args=[gate_run.pk])
+    run_gate_task.apply(args=[gate_run.pk], throw=True)
     gate_run.refresh_from_db()
     assert gate_run.status == GateRun.Status.SUCCEEDED
     # The source run is preferred while it belongs to the harness being judged.
@@ -112,7 +112,7 @@ def test_missing_promptfoo_fails_with_a_clear_reason(standin, suite, settings, t
     cycle, _, _ = suite
     settings.PROMPTFOO_BIN = str(tmp_path / "node_modules" / ".bin" / "promptfoo")
     gate_run = queued_gate(cycle)
-    run_gate_task.apply(args=[gate_run.pk])
+    run_gate_task.apply(args=[gate_run.pk], throw=True)
     gate_run.refresh_from_db()
     assert gate_run.status == GateRun.Status.FAILED
     assert gate_run.last_error == (f"promptfoo is not installed: {settings.PROMPTFOO_BIN} does not exist. Run `make "
@@ -125,7 +125,7 @@ def test_a_dead_judge_fails_the_gate_in_seconds(standin, suite, settings, refuse
     settings.STANDIN_URL = refused_url
     gate_run = queued_gate(cycle)
     started = time.monotonic()
-    run_gate_task.apply(args=[gate_run.pk])
+    run_gate_task.apply(args=[gate_run.pk], throw=True)
     seconds = time.monotonic() - started
     gate_run.refresh_from_db()
     assert seconds < 20
@@ -144,7 +144,7 @@ def test_a_malformed_config_fails_at_once_without_running_promptfoo(standin, sui
     monkeypatch.setattr(gate, "build_gate_config", broken)
     gate_run = queued_gate(cycle)
     started = time.monotonic()
-    run_gate_task.apply(args=[gate_run.pk])
+    run_gate_task.apply(args=[gate_run.pk], throw=True)
     gate_run.refresh_from_db()
     assert time.monotonic() - started < 5
     assert gate_run.status == GateRun.Status.FAILED
@@ -163,7 +163,7 @@ def test_a_config_promptfoo_rejects_fails_with_promptfoos_reason(standin, suite,
 
     monkeypatch.setattr(gate, "build_gate_config", unknown_assertion)
     gate_run = queued_gate(cycle)
-    run_gate_task.apply(args=[gate_run.pk])
+    run_gate_task.apply(args=[gate_run.pk], throw=True)
     gate_run.refresh_from_db()
     assert gate_run.status == GateRun.Status.FAILED
     assert gate_run.last_error.startswith("promptfoo reported an error for 1 of 5 test(s): ")
@@ -173,9 +173,9 @@ def test_a_config_promptfoo_rejects_fails_with_promptfoos_reason(standin, suite,
 
 def test_promptfoo_exiting_without_results_fails_with_its_output(standin, suite, monkeypatch):
     cycle, _, _ = suite
-    monkeypatch.setattr(gate, "write_gate_files", _truncated_config_writer(gate.write_gate_files))
+    monkeypatch.setattr(promptfoo, "write_files", _truncated_config_writer(promptfoo.write_files))
     gate_run = queued_gate(cycle)
-    run_gate_task.apply(args=[gate_run.pk])
+    run_gate_task.apply(args=[gate_run.pk], throw=True)
     gate_run.refresh_from_db()
     assert gate_run.status == GateRun.Status.FAILED
     assert gate_run.last_error.startswith("promptfoo exited with code ")
@@ -197,7 +197,7 @@ def test_the_time_limit_stops_promptfoo(standin, suite, settings):
     settings.GATE_TIMEOUT_SECONDS = 1
     gate_run = queued_gate(cycle)
     started = time.monotonic()
-    run_gate_task.apply(args=[gate_run.pk])
+    run_gate_task.apply(args=[gate_run.pk], throw=True)
     gate_run.refresh_from_db()
     assert time.monotonic() - started < 10
     assert gate_run.status == GateRun.Status.FAILED
@@ -209,7 +209,7 @@ def test_a_failed_gate_can_be_run_again(standin, suite, settings, tmp_path, engi
     real = settings.PROMPTFOO_BIN
     settings.PROMPTFOO_BIN = str(tmp_path / "nowhere")
     gate_run = queued_gate(cycle)
-    run_gate_task.apply(args=[gate_run.pk])
+    run_gate_task.apply(args=[gate_run.pk], throw=True)
     gate_run.refresh_from_db()
     assert gate_run.status == GateRun.Status.FAILED
 
@@ -220,7 +220,7 @@ def test_a_failed_gate_can_be_run_again(standin, suite, settings, tmp_path, engi
     gate_run.refresh_from_db()
     assert gate_run.status == GateRun.Status.QUEUED and gate_run.requested_by == engineer
     assert gate.rerun_gate(gate_run=gate_run, user=engineer) is False  # still queued
-    run_gate_task.apply(args=[gate_run.pk])
+    run_gate_task.apply(args=[gate_run.pk], throw=True)
     gate_run.refresh_from_db()
     assert gate_run.status == GateRun.Status.SUCCEEDED and gate_run.attempts == 2 and gate_run.last_error == ""
     assert gate_run.rows.count() == 5
@@ -230,11 +230,11 @@ def test_a_failed_gate_can_be_run_again(standin, suite, settings, tmp_path, engi
 def test_rows_of_a_rerun_replace_the_previous_rows(standin, suite, engineer, django_capture_on_commit_callbacks):
     cycle, runs, _ = suite
     gate_run = queued_gate(cycle)
-    run_gate_task.apply(args=[gate_run.pk])
+    run_gate_task.apply(args=[gate_run.pk], throw=True)
     Run.objects.filter(pk=runs[2].pk).update(final_answer="Northstar Holdings is the largest parent account.")
     with django_capture_on_commit_callbacks():
         gate.rerun_gate(gate_run=gate_run, user=engineer)
-    run_gate_task.apply(args=[gate_run.pk])
+    run_gate_task.apply(args=[gate_run.pk], throw=True)
     gate_run.refresh_from_db()
     assert gate_run.rows.count() == 5 and gate_run.passed == 3
     assert gate_run.rows.get(eval_id="parent-rollup").passed is True

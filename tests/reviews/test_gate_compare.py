@@ -145,3 +145,103 @@ def test_evaluate_candidate_starts_the_runs_and_goes_to_the_comparison(client_fo
 def test_evaluate_candidate_needs_the_engineer_role(client_for, approver, compared):
     response = client_for(approver).post(reverse("reviews:harness-evaluate", args=["v002"]), {"baseline": "v001"})
     assert response.status_code == 403
+
+
+def test_every_case_is_counted_and_unrun_or_errored_cases_are_not_verified(client_for, approver, compared):
+    """The reported bug: "0 regressions · 1 not run" when 4 of 10 cases were not run, and a delta over different
+    case sets. Now the counts add up to the suite and the delta is on the cases both sides ran."""
+    cand, cases = compared["cand"], {case.eval_id: case for case in compared["cases"]}
+    cand.rows.filter(eval_case__in=[cases["finance-arr-first"], cases["nrr-unsupported"]]).delete()
+    cand.rows.filter(eval_case=cases["soc2-precision"]).update(
+        passed=False, error=f"Run #{compared['new_runs'][3].pk} failed, so there is no answer to judge: boom")
+    cand.config = {"skipped": [{"case_id": cases["nrr-unsupported"].pk, "eval_id": "nrr-unsupported",
+                                "reason": f"No run of its question in cycle {cand.cycle_id}."}]}
+    cand.save(update_fields=["config"])
+
+    body = client_for(approver).get(reverse("reviews:gate-compare", args=[cand.pk])).content.decode()
+    assert 'data-testid="case-total">5 cases</strong>' in body
+    assert 'data-testid="regression-count">1 regression</span>' in body
+    assert 'data-testid="fix-count">0 fixes</span>' in body
+    assert 'data-testid="unchanged-count">1 unchanged</span>' in body
+    assert 'data-testid="unverified-count">3 not verified</span>' in body
+    # runway (pass, pass) and parent-rollup (pass, fail): 2/2 -> 1/2
+    assert "On the 2 cases both sides ran:\n    100% → 50%" in body and "-50 points" in body
+    outcomes = {case.eval_id: body.split(f'data-testid="compare-row-{case.pk}" data-outcome="')[1].split('"')[0]
+                for case in compared["cases"]}
+    assert outcomes == {"runway-financing-risk": "pass", "finance-arr-first": "unverified",
+                        "parent-rollup": "regression", "soc2-precision": "unverified",
+                        "nrr-unsupported": "unverified"}
+    nrr_row = body.split(f'data-testid="compare-row-{cases["nrr-unsupported"].pk}"')[1].split("</tr>")[0]
+    assert "not run</span>" in nrr_row and f"No run of its question in cycle {cand.cycle_id}." in nrr_row
+    soc2_row = body.split(f'data-testid="compare-row-{cases["soc2-precision"].pk}"')[1].split("</tr>")[0]
+    assert "badge-error\">error</span>" in soc2_row and "boom" in soc2_row
+
+    refused = client_for(approver).post(reverse("reviews:gate-promote", args=[cand.pk]), **HTMX).content.decode()
+    assert ("1 case(s) pass on v001 and fail on v002 and 3 case(s) are not verified: not run or errored "
+            "(3 on v002)") in refused
+    compared["v002"].refresh_from_db()
+    assert compared["v002"].status == Harness.Status.DRAFT
+
+
+def test_a_case_approved_after_the_candidate_gate_ran_is_not_verified(client_for, reviewer, compared):
+    from reviews.models import EvalCase
+
+    case = compared["cases"][0]
+    EvalCase.objects.create(cycle=case.cycle, eval_id="late-case", title="Approved later", expected_behavior="x",
+                                   source_run=case.source_run, status=EvalCase.Status.APPROVED)
+    from reviews.candidates import comparison
+
+    result = comparison(compared["base"], compared["cand"])
+    assert len(result.rows) == 6 and [row.case_id for row in result.unverified] == ["late-case"]
+    assert result.unverified[0].candidate_reason == f"Not in the approved suite when gate run {compared['cand'].pk} ran."
+    assert result.pass_rate_delta == pytest.approx(0.2)  # still 3/5 -> 4/5 on the five judged cases
+
+
+def test_an_uncalibrated_judge_needs_a_reason_to_promote(client_for, approver, compared):
+    """A candidate gate whose rubric judge decided rows without a calibration (reviews.calibration) puts its
+    reason on the comparison: the page says so and promotion needs a recorded reason."""
+    cand = compared["cand"]
+    GateRow.objects.filter(gate_run=cand, eval_id="parent-rollup").update(passed=True, score=1.0)  # no regression
+    GateRow.objects.filter(gate_run=cand).update(assertions=[{"type": "icontains", "pass": True},
+                                                             {"type": "llm-rubric", "pass": True}])
+    GateRun.objects.filter(pk=cand.pk).update(judge_model="gpt-test")
+    cand.refresh_from_db()
+    from reviews.calibration import gate_needs_reason
+
+    reason = gate_needs_reason(cand)
+    assert reason and "gpt-test" in reason
+
+    page = client_for(approver).get(reverse("reviews:gate-compare", args=[cand.pk])).content.decode()
+    assert 'data-testid="needs-reason">The rubric judge (gpt-test) was not calibrated' in page
+    assert "override_reason" in page and "No regression" in page
+    url = reverse("reviews:gate-promote", args=[cand.pk])
+    body = client_for(approver).post(url, **HTMX).content.decode()
+    assert "Promotion of v002 is refused: The rubric judge (gpt-test) was not calibrated" in body
+    compared["v002"].refresh_from_db()
+    assert compared["v002"].status == Harness.Status.DRAFT
+    client_for(approver).post(url, {"override_reason": "Judge checked by hand."}, **HTMX)
+    compared["v002"].refresh_from_db()
+    assert compared["v002"].status == Harness.Status.PROMOTED
+
+
+def test_a_gate_decided_by_deterministic_assertions_needs_no_reason(client_for, approver, compared):
+    cand = compared["cand"]
+    GateRow.objects.filter(gate_run=cand, eval_id="parent-rollup").update(passed=True, score=1.0)
+    GateRow.objects.filter(gate_run=cand).update(assertions=[{"type": "icontains", "pass": True}])
+    from reviews.candidates import comparison
+
+    assert comparison(compared["base"], cand).needs_reason == ()
+    client_for(approver).post(reverse("reviews:gate-promote", args=[cand.pk]), **HTMX)
+    compared["v002"].refresh_from_db()
+    assert compared["v002"].status == Harness.Status.PROMOTED
+
+
+def test_evaluating_shows_only_while_the_gate_is_pending(client_for, reviewer, compared):
+    cand = compared["cand"]
+    url = reverse("reviews:gate-compare", args=[cand.pk])
+    GateRun.objects.filter(pk=cand.pk).update(status=GateRun.Status.WAITING)
+    body = client_for(reviewer).get(url).content.decode()
+    assert 'data-testid="compare-evaluating"' in body and "its runs are running" in body
+    GateRun.objects.filter(pk=cand.pk).update(status=GateRun.Status.SUCCEEDED)
+    body = client_for(reviewer).get(url, **HTMX).content.decode()
+    assert "Evaluating" not in body and 'data-testid="compare-summary"' in body

@@ -19,7 +19,7 @@ def finished(standin, approver):
     cycle, runs, cases = approved_suite(approver)
     Run.objects.filter(pk=runs[0].pk).update(final_answer="Runway is 11 months. <script>alert(1)</script>")
     gate_run = queued_gate(cycle)
-    run_gate_task.apply(args=[gate_run.pk])
+    run_gate_task.apply(args=[gate_run.pk], throw=True)
     gate_run.refresh_from_db()
     return gate_run, runs, cases
 
@@ -124,3 +124,10 @@ def test_the_cycle_gate_url_without_htmx_goes_to_the_latest_gate_page(client_for
     assert client_for(reviewer).get(reverse("reviews:cycle-gate", args=[cycle.pk]))["Location"] == cycle.get_absolute_url()
     gate_run = queued_gate(cycle)
     assert client_for(reviewer).get(reverse("reviews:cycle-gate", args=[cycle.pk]))["Location"] == gate_run.get_absolute_url()
+
+
+def test_scores_are_rounded(client_for, reviewer, finished):
+    gate_run, _, _ = finished
+    gate_run.rows.filter(eval_id="runway-financing-risk").update(score=0.8889999999999999)
+    body = client_for(reviewer).get(reverse("reviews:gate-detail", args=[gate_run.pk])).content.decode()
+    assert ">0.889</td>" in body and "0.8889999" not in body

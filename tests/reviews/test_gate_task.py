@@ -28,10 +28,10 @@ def sent(monkeypatch):
 def test_a_second_delivery_runs_nothing_twice(standin, approver):
     cycle, _, _ = approved_suite(approver, count=2)
     gate_run = queued_gate(cycle)
-    run_gate_task.apply(args=[gate_run.pk])
+    run_gate_task.apply(args=[gate_run.pk], throw=True)
     gate_run.refresh_from_db()
     finished_at = gate_run.finished_at
-    run_gate_task.apply(args=[gate_run.pk])
+    run_gate_task.apply(args=[gate_run.pk], throw=True)
     gate_run.refresh_from_db()
     assert gate_run.attempts == 1 and gate_run.finished_at == finished_at and gate_run.rows.count() == 2
 
@@ -39,15 +39,15 @@ def test_a_second_delivery_runs_nothing_twice(standin, approver):
 def test_a_running_gate_is_not_claimed_again(approver):
     cycle, _, _ = approved_suite(approver, count=1)
     gate_run = queued_gate(cycle)
-    assert gate_run.claim() is True
-    assert gate_run.claim() is False
-    run_gate_task.apply(args=[gate_run.pk])  # does nothing: the row is running elsewhere
+    assert gate_run.claim() == 1  # the attempt taken
+    assert gate_run.claim() is None
+    run_gate_task.apply(args=[gate_run.pk], throw=True)  # does nothing: the row is running elsewhere
     gate_run.refresh_from_db()
     assert gate_run.status == GateRun.Status.RUNNING and gate_run.attempts == 1
 
 
 def test_an_unknown_gate_run_is_ignored():
-    run_gate_task.apply(args=[987654])
+    run_gate_task.apply(args=[987654], throw=True)
 
 
 def test_request_gate_returns_the_active_gate_run(approver, engineer, sent, django_capture_on_commit_callbacks):
@@ -64,7 +64,7 @@ def test_a_waiting_gate_polls_while_its_runs_are_active(approver, sent, settings
     Run.objects.filter(pk=runs[1].pk).update(status=Run.Status.RUNNING)
     gate_run = GateRun.objects.create(cycle=cycle, harness=cycle.harness, kind=GateRun.Kind.CANDIDATE,
                                       status=GateRun.Status.WAITING, heartbeat_at=timezone.now() - timedelta(seconds=9))
-    run_gate_task.apply(args=[gate_run.pk])
+    run_gate_task.apply(args=[gate_run.pk], throw=True)
     gate_run.refresh_from_db()
     assert gate_run.status == GateRun.Status.WAITING and sent == [("apply_async", gate_run.pk, 3)]
 
@@ -79,9 +79,9 @@ def test_a_waiting_gate_runs_once_its_runs_have_finished(standin, approver, sent
     Run.objects.filter(pk=runs[1].pk).update(status=Run.Status.RUNNING)
     gate_run = GateRun.objects.create(cycle=cycle, harness=cycle.harness, kind=GateRun.Kind.CANDIDATE,
                                       status=GateRun.Status.WAITING, heartbeat_at=timezone.now())
-    run_gate_task.apply(args=[gate_run.pk])
+    run_gate_task.apply(args=[gate_run.pk], throw=True)
     Run.objects.filter(pk=runs[1].pk).update(status=Run.Status.SUCCEEDED)
-    run_gate_task.apply(args=[gate_run.pk])
+    run_gate_task.apply(args=[gate_run.pk], throw=True)
     gate_run.refresh_from_db()
     assert gate_run.status == GateRun.Status.SUCCEEDED and gate_run.total == 2
 
@@ -152,7 +152,7 @@ def sweep(django_capture_on_commit_callbacks):
     """The sweep, with what it enqueues on commit sent at once (to the `sent` recorder)."""
     def run():
         with django_capture_on_commit_callbacks(execute=True):
-            counts = gate.sweep_gate_runs()
+            counts = GateRun.sweep()
         return counts
 
     return run
@@ -190,12 +190,12 @@ def test_the_sweep_leaves_a_beating_gate_alone(approver, sent, sweep):
     cycle, _, _ = approved_suite(approver, count=1)
     gate_run = queued_gate(cycle)
     gate_run.claim()
-    assert sweep() == {"requeued": 0, "failed": 0, "reenqueued": 0, "released": 0}
+    assert sweep() == {"requeued": 0, "failed": 0, "reenqueued": 0, "released": 0, "repolled": 0}
 
 
-def test_the_sweep_sends_a_lost_queued_message_again(approver, sent, sweep):
+def test_the_sweep_sends_a_lost_queued_message_again(approver, sent, settings, sweep):
     cycle, _, _ = approved_suite(approver, count=1)
-    gate_run = _aged(queued_gate(cycle), gate.QUEUED_STALE_SECONDS + 5)
+    gate_run = _aged(queued_gate(cycle), settings.QUEUED_STALE_SECONDS + 5)
     assert sweep()["reenqueued"] == 1 and sent == [("delay", gate_run.pk)]
     assert sweep()["reenqueued"] == 0  # not again until it is stale again
 
@@ -214,20 +214,20 @@ def test_the_sweep_restarts_a_lost_poll(approver, sent, sweep):
     Run.objects.filter(pk=runs[0].pk).update(status=Run.Status.QUEUED)
     gate_run = GateRun.objects.create(cycle=cycle, harness=cycle.harness, kind=GateRun.Kind.CANDIDATE,
                                       status=GateRun.Status.WAITING, heartbeat_at=timezone.now())
-    assert sweep()["reenqueued"] == 0  # checked just now
+    assert sweep()["repolled"] == 0  # checked just now
     _aged(gate_run, gate.WAITING_STALE_SECONDS + 5)
-    assert sweep()["reenqueued"] == 1 and sent == [("delay", gate_run.pk)]
+    assert sweep()["repolled"] == 1 and sent == [("delay", gate_run.pk)]
     gate_run.refresh_from_db()
     assert gate_run.status == GateRun.Status.WAITING
 
 
-def test_the_beat_sweep_includes_gate_runs(approver, sent, django_capture_on_commit_callbacks):
+def test_the_beat_sweep_includes_gate_runs(approver, sent, settings, django_capture_on_commit_callbacks):
     from loopsite.tasks import sweep_stale_work
 
     cycle, _, _ = approved_suite(approver, count=1)
-    gate_run = _aged(queued_gate(cycle), gate.QUEUED_STALE_SECONDS + 5)
+    gate_run = _aged(queued_gate(cycle), settings.QUEUED_STALE_SECONDS + 5)
     with django_capture_on_commit_callbacks(execute=True):
-        sweep_stale_work.apply()
+        sweep_stale_work.apply(throw=True)
     assert ("delay", gate_run.pk) in sent
 
 

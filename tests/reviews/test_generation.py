@@ -122,7 +122,7 @@ def test_the_chain_turns_approved_feedback_into_insights_and_proposals(standin, 
     assert security.scoring_method == "hybrid"
     assert {"type": "not-contains", "value": "SOC 2 is complete"} in security.deterministic_assertions
     assert {"type": "icontains", "value": "Type I"} in security.deterministic_assertions
-    assert 'says "SOC 2 is complete"' in security.rubric
+    assert '- Claim that "SOC 2 is complete".' in security.rubric.splitlines()
     assert security.model_name == "gpt-5.5" and security.endpoint == standin and security.job == evals_job
     merged = Feedback.objects.get(cycle=cycle, run=runs[3], is_merged=True)
     assert list(security.source_feedback.all()) == [merged]

@@ -167,7 +167,7 @@ def test_a_real_halo_failure_shows_quickly(client_for, engineer, cycle, settings
     settings.HALO_MAX_LLM_FAILURES = 1
     optimization = queued_optimization(cycle, maximum_depth=0)
     started = time.monotonic()
-    run_optimization_task.apply(args=[optimization.pk])
+    run_optimization_task.apply(args=[optimization.pk], throw=True)
     assert time.monotonic() - started < 60
     html = client_for(engineer).get(reverse("reviews:halo", args=[cycle.pk])).content.decode()
     assert 'data-testid="halo-failure"' in html and "HALO failed:" in html

@@ -130,6 +130,16 @@ def test_the_prompt_asks_for_the_seven_sections_in_order():
         assert words in prompt
 
 
+def test_the_prompt_asks_for_citations_with_the_context_ids_and_to_check_the_harness_first():
+    prompt = halo.render_report_prompt()
+    for syntax in ("`[feedback:<feedback.id>]`", "`[eval:<eval.id>]`", "`[gate:<eval.id>]`", "`[span:<span_id>]`"):
+        assert syntax in prompt
+    assert "search the system prompt and the tool policy" in prompt
+    # What the prompt asks for is what the resolver reads.
+    assert halo.CITATION.findall("[feedback:human-trace-01-3] [gate:eval-1] [eval:x] [span:abc]") == [
+        ("feedback", "human-trace-01-3"), ("gate", "eval-1"), ("eval", "x"), ("span", "abc")]
+
+
 def test_the_retry_prompt_names_the_problems_and_asks_for_everything():
     prompt = halo.render_retry_prompt(["## Ranked recommendation table"])
     assert "- `## Ranked recommendation table`" in prompt

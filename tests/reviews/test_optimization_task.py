@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from reviews import halo, optimization as optimization_module
 from reviews.models import Optimization
-from reviews.optimization import run_optimization, sweep_optimizations
+from reviews.optimization import run_optimization
 from reviews.tasks import run_optimization_task
 
 from .optimization_builders import halo_cycle, queued_optimization
@@ -20,7 +20,7 @@ def test_a_halo_run_stores_the_handoff_the_events_and_the_input_summary(approver
     settings.HALO_MAXIMUM_DEPTH = 1
     cycle = halo_cycle(approver)
     optimization = queued_optimization(cycle, approver)
-    run_optimization_task.apply(args=[optimization.pk])
+    run_optimization_task.apply(args=[optimization.pk], throw=True)
     optimization.refresh_from_db()
     assert optimization.status == Optimization.Status.SUCCEEDED, optimization.last_error
     assert optimization.attempts == 1 and optimization.finished_at is not None
@@ -47,7 +47,7 @@ def test_a_second_delivery_does_nothing(approver, monkeypatch):
     Optimization.objects.filter(pk=optimization.pk).update(status=Optimization.Status.SUCCEEDED)
     called = []
     monkeypatch.setattr(optimization_module, "run_optimization", lambda **kw: called.append(kw))
-    run_optimization_task.apply(args=[optimization.pk])
+    run_optimization_task.apply(args=[optimization.pk], throw=True)
     assert called == []
 
 
@@ -79,7 +79,7 @@ Details.
 def test_sections_still_missing_after_the_re_prompt_are_stored(approver, monkeypatch):
     prompts = []
 
-    def fake_run_halo(*, context_path, prompt, options, on_event=None, timeout=600.0, history=None):
+    def fake_run_halo(*, context_path, prompt, options, on_event=None, timeout=600.0, history=None, temp_root=None):
         prompts.append(prompt)
         on_event({"type": "status", "elapsed": 0.1})
         on_event({"type": "tool_call", "name": "get_dataset_overview", "arguments": "{}", "agent": "root", "depth": 0})
@@ -89,7 +89,7 @@ def test_sections_still_missing_after_the_re_prompt_are_stored(approver, monkeyp
     monkeypatch.setattr(halo, "run_halo", fake_run_halo)
     cycle = halo_cycle(approver)
     optimization = queued_optimization(cycle)
-    run_optimization_task.apply(args=[optimization.pk])
+    run_optimization_task.apply(args=[optimization.pk], throw=True)
     optimization.refresh_from_db()
     assert len(prompts) == 2 and "## Insights by feedback source" in prompts[1]
     assert optimization.status == Optimization.Status.SUCCEEDED
@@ -107,7 +107,7 @@ def test_an_unreachable_model_fails_quickly_with_the_reason(approver, settings, 
     cycle = halo_cycle(approver)
     optimization = queued_optimization(cycle, maximum_depth=0)
     started = time.monotonic()
-    run_optimization_task.apply(args=[optimization.pk])
+    run_optimization_task.apply(args=[optimization.pk], throw=True)
     seconds = time.monotonic() - started
     optimization.refresh_from_db()
     assert optimization.status == Optimization.Status.FAILED
@@ -126,7 +126,7 @@ def test_a_context_that_cannot_be_built_fails_with_the_line(approver):
     span.data = {**span.data, "span_id": None}
     span.save(update_fields=["data"])
     optimization = queued_optimization(cycle)
-    run_optimization_task.apply(args=[optimization.pk])
+    run_optimization_task.apply(args=[optimization.pk], throw=True)
     optimization.refresh_from_db()
     assert optimization.status == Optimization.Status.FAILED
     assert optimization.last_error.startswith("The optimization context could not be built: Optimization context line 1")
@@ -141,12 +141,12 @@ def test_the_sweep_requeues_a_lost_worker_then_fails_it(approver, settings, monk
     assert optimization.claim()
     old = timezone.now() - timedelta(seconds=settings.WORK_STALE_SECONDS + 5)
     Optimization.objects.filter(pk=optimization.pk).update(heartbeat_at=old)
-    assert sweep_optimizations()["requeued"] == 1
+    assert Optimization.sweep()["requeued"] == 1
     optimization.refresh_from_db()
     assert optimization.status == Optimization.Status.QUEUED and sent == [optimization.pk]
     assert optimization.claim() and optimization.attempts == 2
     Optimization.objects.filter(pk=optimization.pk).update(heartbeat_at=old)
-    assert sweep_optimizations()["failed"] == 1
+    assert Optimization.sweep()["failed"] == 1
     optimization.refresh_from_db()
     assert optimization.status == Optimization.Status.FAILED
     assert "Re-run HALO" in optimization.last_error
@@ -158,13 +158,13 @@ def test_the_sweep_re_enqueues_a_queued_row_whose_message_was_lost(approver, mon
     cycle = halo_cycle(approver)
     optimization = queued_optimization(cycle)
     Optimization.objects.filter(pk=optimization.pk).update(heartbeat_at=timezone.now() - timedelta(minutes=10))
-    assert sweep_optimizations() == {"requeued": 0, "failed": 0, "reenqueued": 1}
-    assert sweep_optimizations()["reenqueued"] == 0
+    assert Optimization.sweep() == {"requeued": 0, "failed": 0, "reenqueued": 1}
+    assert Optimization.sweep()["reenqueued"] == 0
     assert sent == [optimization.pk]
 
 
 def test_a_row_swept_away_while_halo_runs_keeps_nothing(approver, monkeypatch):
-    def fake_run_halo(*, context_path, prompt, options, on_event=None, timeout=600.0, history=None):
+    def fake_run_halo(*, context_path, prompt, options, on_event=None, timeout=600.0, history=None, temp_root=None):
         Optimization.objects.filter(pk=optimization.pk).update(status=Optimization.Status.QUEUED)
         return "## Executive summary\nx\n"
 

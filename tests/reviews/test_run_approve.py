@@ -45,15 +45,18 @@ def test_it_shows_every_submission_side_by_side_and_a_prefilled_merge(client_for
     cycle, run, first, second = submitted
     body = client_for(approver).get(url(cycle, run)).content.decode()
     assert body.count('data-testid="reviewer-card"') == 2
+    title = body.split("<title>", 1)[1].split("</title>", 1)[0]
+    assert title.startswith(f"Approve · {run.label}") and "<script" not in title
     assert "Rita&#x27;s summary" in body and "Rory&#x27;s summary" in body
     form = body[body.index('id="feedback-form"'):]
-    # First summary and verdict; items once each, case and full stops ignored.
+    # First summary; items once each, case and full stops ignored. The verdicts differ (fail, mixed):
+    # the approver picks one, so none is preselected.
     assert "Rita&#x27;s summary</textarea>" in form
-    assert '<option value="fail" selected>' in form
-    assert form.count('value="Mention Northstar"') == 1
+    assert '<option value="fail" selected>' not in form and '<option value="mixed" selected>' not in form
+    assert form.count('>Mention Northstar</textarea>') == 1
     assert "mention northstar." not in form
     for text in ("Use account_hierarchy.csv", "Quote the ARR share", "Do not stop at legal entities"):
-        assert f'value="{text}"' in form
+        assert f'>{text}</textarea>' in form
 
 
 def test_approving_creates_the_merged_feedback_and_is_audited(client_for, approver, submitted):
@@ -133,3 +136,39 @@ def test_rebuild_refills_from_submissions(client_for, approver, submitted):
     body = client.post(url(cycle, run), form_data(version=1, summary="Replaced by hand", op="rebuild"), **HTMX).content.decode()
     assert "Rita&#x27;s summary</textarea>" in body
     assert Feedback.objects.get(is_merged=True).summary == "Replaced by hand"
+
+
+def test_agreeing_verdicts_are_preselected(client_for, approver, submitted):
+    cycle, run, first, second = submitted
+    Feedback.objects.filter(pk=second.pk).update(verdict="fail")
+    form = client_for(approver).get(url(cycle, run)).content.decode().split('id="feedback-form"')[1]
+    assert '<option value="fail" selected>' in form
+
+
+def test_it_flags_disagreement_and_names_pending_reviewers(client_for, approver, submitted, django_user_model, engineer):
+    from django.contrib.auth.models import Group
+
+    cycle, run, first, second = submitted
+    third = django_user_model.objects.create_user(username="remy", password="x")
+    fourth = django_user_model.objects.create_user(username="rhea", password="x")
+    for user in (third, fourth):
+        user.groups.add(Group.objects.get_or_create(name="reviewer")[0])
+    make_feedback(cycle, run, third, summary="Remy's secret draft", observations=["A secret observation"])
+    cycle.assign(run=run, reviewer=fourth, by=engineer)
+    body = client_for(approver).get(url(cycle, run)).content.decode()
+    pending = body.split('data-testid="pending-reviewers"')[1].split("</div>")[0]
+    assert "remy has a draft, not submitted" in pending and "rhea has not started" in pending
+    assert "rita" not in pending
+    assert "Remy&#x27;s secret draft" not in body and "A secret observation" not in body  # drafts stay private
+    verdicts = body.split('data-testid="verdict-disagreement"')[1].split("</p>")[0]
+    assert "rita said <strong>Fail</strong>" in verdicts and "rory said <strong>Mixed</strong>" in verdicts
+    only_one = body.split('data-testid="only-one"')[1].split("</ul>")[0]
+    assert "Use account_hierarchy.csv" in only_one and "Quote the ARR share" in only_one
+    assert "Mention Northstar" not in only_one  # both wrote it (case and full stop aside)
+
+
+def test_approving_without_a_chosen_verdict_is_refused(client_for, approver, submitted):
+    cycle, run, *_ = submitted
+    body = client_for(approver).post(url(cycle, run), form_data(verdict="", op="approve"), **HTMX).content.decode()
+    assert "Choose a verdict before submitting." in body
+    assert not Feedback.objects.filter(is_merged=True, status="approved").exists()

@@ -6,7 +6,7 @@ from django.urls import reverse
 from loopsite.models import AuditEvent
 from reviews.models import EvalCase
 
-from .gen_builders import proposed_cases
+from .gen_builders import PENDING_REASON, proposed_cases
 
 pytestmark = pytest.mark.django_db
 
@@ -16,7 +16,7 @@ def suite(standin, reviewer, approver):
     cases = proposed_cases(reviewer, approver, count=3)
     cases["trace-01"].edit(by=approver, content={"title": "Runway and burn as financing risk"})
     for label in ("trace-01", "trace-02"):
-        cases[label].approve(by=approver)
+        cases[label].approve(by=approver, reason=PENDING_REASON)  # their back-tests are still queued
     cases["trace-03"].reject(by=approver, reason="Too specific.")
     return cases
 

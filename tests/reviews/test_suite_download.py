@@ -12,7 +12,7 @@ from django.urls import reverse
 
 from reviews import suite
 
-from .gen_builders import proposed_cases
+from .gen_builders import PENDING_REASON, proposed_cases
 
 pytestmark = pytest.mark.django_db
 
@@ -23,7 +23,7 @@ PROMPTFOO = Path(django_settings.BASE_DIR) / "node_modules" / ".bin" / "promptfo
 def approved(standin, reviewer, approver):
     cases = proposed_cases(reviewer, approver, count=4)
     for label in ("trace-01", "trace-04"):
-        cases[label].approve(by=approver)
+        cases[label].approve(by=approver, reason=PENDING_REASON)  # their back-tests are still queued
     cases["trace-02"].reject(by=approver, reason="Duplicate.")
     return cases
 

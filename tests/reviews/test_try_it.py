@@ -1,12 +1,16 @@
-""""Try it": a case checked against its source run's answer at once, assertions here, rubric via the judge."""
+""""Try it" is the back-test: the case page shows it at the top, polls it while it runs, and
+"Re-run back-test" queues it for the worker. No model and no promptfoo run inside the request."""
+
+import json
 
 import pytest
 from django.urls import reverse
+from django_htmx.http import HttpResponseStopPolling
 
-from reviews.models import EvalCase
-from reviews.suite import ask_judge, literal_check, try_case
+from reviews import backtest, promptfoo
+from reviews.models import BackTestRun
 
-from .gen_builders import proposed_cases
+from .backtest_builders import CATCHING, case_for, reviewed_run, run_queued
 
 pytestmark = pytest.mark.django_db
 
@@ -14,68 +18,69 @@ HTMX = {"HTTP_HX_REQUEST": "true"}
 
 
 @pytest.fixture
-def cases(standin, reviewer, approver):
-    return proposed_cases(reviewer, approver, count=4)
+def case(standin, reviewer, approver):
+    cycle, run, feedback = reviewed_run(reviewer, approver)
+    return case_for(cycle, run, feedback, checks=CATCHING)
 
 
-def test_a_case_the_answer_breaks_fails_with_a_verdict_per_check(client_for, approver, cases):
-    case = cases["trace-04"]  # the answer says "SOC 2 is complete" and never mentions Type I
-    response = client_for(approver).post(reverse("reviews:eval-try", args=[case.pk]), **HTMX)
+@pytest.fixture
+def no_promptfoo_here(monkeypatch):
+    def refuse(**kwargs):
+        raise AssertionError("promptfoo must not run in a web request")
+
+    monkeypatch.setattr(promptfoo, "run_config", refuse)
+
+
+def test_rerun_queues_a_back_test_and_answers_with_the_polling_panel(client_for, approver, case, no_promptfoo_here,
+                                                                     django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = client_for(approver).post(reverse("reviews:eval-backtest-rerun", args=[case.pk]), **HTMX)
     assert response.status_code == 200
     body = response.content.decode()
-    assert body.lstrip().startswith('<div id="try-result"')
-    assert '<span class="badge badge-fail" data-testid="verdict">fails</span>' in body
-    rows = body.split('data-testid="try-assertion"')[1:]
-    assert "<code>icontains</code></td><td><code>Type I</code>" in rows[0] and "badge-fail" in rows[0]
-    assert "<code>not-contains</code></td><td><code>SOC 2 is complete</code>" in rows[1] and "badge-fail" in rows[1]
-    rubric = body.split('data-testid="try-rubric"')[1]
-    assert "judge gpt-5.5, score 0.00 (needs 0.80)" in rubric
-    assert "Fails: required" in rubric and "says “SOC 2 is complete”" in rubric
+    assert body.lstrip().startswith('<section class="card backtest" id="backtest"')
+    assert f'hx-get="{reverse("reviews:eval-backtest", args=[case.pk])}" hx-trigger="every 2s"' in body
+    assert 'data-testid="catches">back-test queued…' in body
+    queued = case.backtest_runs.get()
+    assert (queued.status, queued.purpose, queued.requested_by) == ("queued", BackTestRun.Purpose.RERUN, approver)
+    assert len(callbacks) == 1 and not queued.rows.exists()
 
 
-def test_a_case_the_answer_meets_passes(client_for, engineer, cases):
-    case = cases["trace-01"]
-    response = client_for(engineer).post(reverse("reviews:eval-try", args=[case.pk]), **HTMX)
+def test_the_polled_panel_stops_polling_with_the_result(client_for, engineer, case):
+    backtest.request_backtest(case=case)
+    client = client_for(engineer)
+    url = reverse("reviews:eval-backtest", args=[case.pk])
+    assert client.get(url, **HTMX).status_code == 200
+    run_queued(case)
+    response = client.get(url, **HTMX)
+    assert response.status_code == HttpResponseStopPolling.status_code
+    assert response["HX-Trigger"] == json.dumps({"backtestFinished": {"case": case.pk}})
     body = response.content.decode()
-    assert '<span class="badge badge-pass" data-testid="verdict">passes</span>' in body
-    assert "All 3 rubric checks met" in body
+    assert 'hx-trigger="every 2s"' not in body
+    assert 'Catches the failure it came from:\n      <span class="badge badge-pass" data-testid="catches">yes</span>' in body
+    assert body.count('data-testid="backtest-row"') == 3
+    assert 'data-target="source_run" data-outcome="fail"' in body and 'data-target="pass_example" data-outcome="pass"' in body
 
 
-def test_it_changes_nothing(approver, cases):
-    case = cases["trace-04"]
-    before = EvalCase.objects.filter(pk=case.pk).values().get()
-    try_case(case=case)
-    assert EvalCase.objects.filter(pk=case.pk).values().get() == before
+def test_the_case_page_shows_the_back_test_at_the_top(client_for, reviewer, case):
+    backtest.request_backtest(case=case)
+    run_queued(case)
+    body = client_for(reviewer).get(case.get_absolute_url()).content.decode()
+    assert body.index('id="backtest"') < body.index("<h2>The case</h2>")
+    assert 'data-testid="catches">yes</span>' in body
+    assert 'data-testid="rerun-backtest"' not in body  # reviewers see it, approvers and engineers re-run it
+    assert "Try it on the source run" not in body
 
 
-def test_a_broken_judge_is_reported_not_passed(standin_broken_server, settings, approver, cases):
-    settings.STANDIN_URL = standin_broken_server  # the cases exist; now the judge answers broken JSON
-    result = try_case(case=cases["trace-01"])
-    assert result.passed is None
-    assert result.rubric["error"].startswith("ValueError: The judge")
+def test_reviewers_cannot_rerun_it(client_for, reviewer, case):
+    assert client_for(reviewer).post(reverse("reviews:eval-backtest-rerun", args=[case.pk])).status_code == 403
+    assert not case.backtest_runs.exists()
 
 
-def test_an_unreachable_judge_fails_fast(settings, approver, cases):
-    settings.STANDIN_URL = "http://127.0.0.1:9/v1"
-    verdict = ask_judge(output="anything", rubric='Mentions "x".')
-    assert verdict["passed"] is False and verdict["error"].startswith("APIConnectionError")
+def test_without_htmx_rerun_redirects_to_the_case(client_for, approver, case, no_promptfoo_here):
+    response = client_for(approver).post(reverse("reviews:eval-backtest-rerun", args=[case.pk]))
+    assert response.status_code == 302 and response["Location"] == case.get_absolute_url()
+    assert client_for(approver).get(reverse("reviews:eval-backtest", args=[case.pk])).status_code == 302
 
 
-def test_reviewers_cannot_use_it(client_for, reviewer, cases):
-    assert client_for(reviewer).post(reverse("reviews:eval-try", args=[cases["trace-01"].pk])).status_code == 403
-
-
-def test_without_htmx_it_renders_the_case_page_with_the_result(client_for, approver, cases):
-    response = client_for(approver).post(reverse("reviews:eval-try", args=[cases["trace-01"].pk]))
-    assert response.status_code == 200
-    assert b"<html" in response.content and b'data-testid="verdict">passes' in response.content
-
-
-@pytest.mark.parametrize("kind,value,output,expected", [
-    ("contains", "SOC 2", "soc 2 is done", False),
-    ("icontains", "SOC 2", "soc 2 is done", True),
-    ("not-contains", "complete", "SOC 2 is complete", False),
-    ("not-contains", "Complete", "SOC 2 is complete", True),
-])
-def test_literal_checks_follow_promptfoo(kind, value, output, expected):
-    assert literal_check(kind, value, output) is expected
+def test_it_rejects_get_for_rerun(client_for, approver, case):
+    assert client_for(approver).get(reverse("reviews:eval-backtest-rerun", args=[case.pk])).status_code == 405

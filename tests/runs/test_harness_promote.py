@@ -38,11 +38,35 @@ def test_a_comparison_finds_regressions_fixes_and_the_pass_rate_delta(versions):
     assert [r.case_id for r in c.unverified] == ["f"]
     assert [r.case_id for r in c.blocking] == ["b", "f"]
     assert [r.case_id for r in c.fixes] == ["c", "d"]
-    assert c.baseline_pass_rate == pytest.approx(3 / 6)
+    assert [r.case_id for r in c.unchanged] == ["a", "e"]
+    # The rates are measured on the five cases both sides ran, not on 6 vs 5 cases.
+    assert [r.case_id for r in c.verified] == ["a", "b", "c", "d", "e"]
+    assert c.baseline_pass_rate == pytest.approx(2 / 5)
     assert c.candidate_pass_rate == pytest.approx(3 / 5)
-    assert c.pass_rate_delta == pytest.approx(3 / 5 - 3 / 6)
+    assert c.pass_rate_delta == pytest.approx(1 / 5)
     assert [r.case_id for r in c.sorted_rows] == ["b", "f", "c", "d", "e", "a"]
     assert c.summary()["regressions"] == ["b"] and c.summary()["fixes"] == ["c", "d"]
+    assert c.summary()["unverified"] == ["f"] and c.summary()["verified_cases"] == 5
+
+
+def test_every_case_is_exactly_one_of_regression_fix_unchanged_or_not_verified(versions):
+    outcomes = [("pp", True, True), ("pf", True, False), ("fp", False, True), ("ff", False, False),
+                ("pn", True, None), ("fn", False, None), ("np", None, True), ("nf", None, False), ("nn", None, None)]
+    c = comparison(*versions, *outcomes)
+    groups = [c.regressions, c.fixes, c.unchanged, c.unverified]
+    assert sum(len(group) for group in groups) == len(c.rows) == 9
+    assert [r.case_id for r in c.unverified] == ["pn", "fn", "np", "nf", "nn"]  # either side without a verdict
+    assert [r.outcome for r in c.rows][:4] == ["pass", "regression", "fix", "fail"]
+    assert (c.baseline_pass_rate, c.candidate_pass_rate) == (pytest.approx(2 / 4), pytest.approx(2 / 4))
+
+
+def test_an_errored_side_is_not_verified_and_says_so(versions):
+    v1, v2 = versions
+    row = CaseResult(case_id="a", baseline_pass=True, candidate_pass=None, candidate_state="error")
+    c = Comparison(baseline=v1, candidate=v2, rows=[row])
+    assert row.candidate_status == "error" and row.baseline_status == "pass" and row.outcome_label == "not verified"
+    assert c.blocking == [row] and c.pass_rate_delta is None
+    assert CaseResult(case_id="b", baseline_pass=False).candidate_status == "not run"
 
 
 def test_a_comparison_without_results_has_no_pass_rate(versions):
@@ -74,8 +98,48 @@ def test_a_regression_without_a_reason_is_refused(approver, versions):
 
 def test_a_baseline_pass_not_run_on_the_candidate_is_refused_too(approver, versions):
     v1, v2 = versions
-    with pytest.raises(PromotionRefused, match="were not run on v002"):
+    with pytest.raises(PromotionRefused, match="1 case\\(s\\) are not verified: not run or errored \\(1 on v002\\)"):
         v2.promote(by=approver, comparison=comparison(v1, v2, ("a", True, None)))
+
+
+def test_a_baseline_fail_not_run_on_the_candidate_is_refused_too(approver, versions):
+    """Not silently dropped: a case that failed on the baseline and was not run on the candidate is not verified."""
+    v1, v2 = versions
+    with pytest.raises(PromotionRefused, match="not verified") as excinfo:
+        v2.promote(by=approver, comparison=comparison(v1, v2, ("a", True, True), ("b", False, None)))
+    assert [row.case_id for row in excinfo.value.blocking] == ["b"]
+
+
+def test_a_case_without_a_baseline_verdict_is_refused_too(approver, versions):
+    v1, v2 = versions
+    with pytest.raises(PromotionRefused, match="\\(1 on v001\\)"):
+        v2.promote(by=approver, comparison=comparison(v1, v2, ("a", None, True)))
+
+
+def test_an_unverified_case_promotes_with_an_audited_override_reason(approver, versions):
+    v1, v2 = versions
+    v2.promote(by=approver, comparison=comparison(v1, v2, ("a", True, True), ("b", True, None)),
+               override_reason="Case b's dataroom was withdrawn.")
+    event = AuditEvent.objects.get(action="harness.promote")
+    assert event.after["comparison"]["unverified"] == ["b"]
+    assert event.after["override_reason"] == "Case b's dataroom was withdrawn."
+
+
+def test_evidence_that_needs_a_reason_is_refused_without_one(approver, versions):
+    """An uncalibrated judge (reviews.calibration) puts its reason on the comparison; promotion then needs one."""
+    v1, v2 = versions
+    clean = comparison(v1, v2, ("a", False, True))
+    flagged = Comparison(baseline=v1, candidate=v2, rows=clean.rows, source="test",
+                         needs_reason=["The judge gpt-test is not calibrated: 3 of 20 human labels."])
+    assert flagged.override_needed and not flagged.blocking
+    with pytest.raises(PromotionRefused, match="The judge gpt-test is not calibrated: 3 of 20 human labels. "
+                                               "Record an override reason"):
+        v2.promote(by=approver, comparison=flagged)
+    assert Harness.objects.get(pk=v2.pk).status == "draft"
+    v2.promote(by=approver, comparison=flagged, override_reason="Judge spot-checked by hand on all cases.")
+    event = AuditEvent.objects.get(action="harness.promote")
+    assert event.after["comparison"]["needs_reason"] == ["The judge gpt-test is not calibrated: 3 of 20 human labels."]
+    assert event.after["override_reason"] == "Judge spot-checked by hand on all cases."
 
 
 def test_no_comparison_needs_a_reason(approver, versions):
@@ -232,3 +296,21 @@ def test_the_page_promotes_with_the_gates_real_comparison(client_for, approver, 
     assert Harness.objects.get(pk=v2.pk).status == "promoted"
     assert AuditEvent.objects.get(action="harness.promote").after["comparison"]["source"] == (
         f"gate runs {base.pk} (v001) and {cand.pk} (v002)")
+
+
+def test_the_panel_counts_unverified_cases_and_asks_for_a_reason(client_for, approver, monkeypatch, versions):
+    v1, _ = versions
+    monkeypatch.setattr(promotion, "comparison_for", lambda candidate: Comparison(
+        baseline=v1, candidate=candidate, source="test",
+        rows=[CaseResult(case_id="a", baseline_pass=False, candidate_pass=True),
+              CaseResult(case_id="b", baseline_pass=False, candidate_pass=None, candidate_state="error"),
+              CaseResult(case_id="c", baseline_pass=True)],
+        needs_reason=["The rubric judge (gpt-test) was not calibrated."]))
+    html = client_for(approver).get(reverse("runs:harness-detail", args=["v002"])).content.decode()
+    assert 'data-testid="case-total">3 case(s)</span>' in html
+    assert 'data-testid="unverified-count">2 not verified</span>' in html
+    assert "On the 1 case(s) both sides ran: 0% → 100%." in html
+    assert '<span class="mono">b</span>  — fail on v001, error on v002 (not verified)' in html
+    assert '<span class="mono">c</span>  — pass on v001, not run on v002 (not verified)' in html
+    assert 'data-testid="needs-reason">The rubric judge (gpt-test) was not calibrated.' in html
+    assert 'name="override_reason"' in html and "Promote v002 with override" in html

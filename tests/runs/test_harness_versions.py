@@ -1,5 +1,4 @@
 from datetime import datetime, timedelta, timezone as dt_timezone
-from types import SimpleNamespace
 
 import pytest
 from django.urls import reverse
@@ -8,7 +7,7 @@ from loopsite.models import AuditEvent
 from reviews.models import Cycle
 from runs import harness_views, promotion, tasks
 from runs.models import Batch, Harness, Run
-from runs.promotion import PassRatePoint, point_from_gate_run
+from runs.promotion import PassRatePoint
 from runs.versions import pass_rate_chart
 
 from .ui_builders import make_dataroom, make_harness, make_question, make_run
@@ -67,16 +66,19 @@ def test_without_gate_results_there_is_no_chart(client_for, reviewer, tree):
 
 def test_gate_pass_rates_are_drawn_as_an_svg_chart(client_for, reviewer, tree, monkeypatch):
     monkeypatch.setattr(promotion, "pass_rate_history", lambda: [
-        PassRatePoint(version="v001", pass_rate=0.4, passed=2, total=5, at=T0, label="gate run 1"),
-        PassRatePoint(version="v002", pass_rate=0.8, passed=4, total=5, at=T0 + timedelta(days=1), label="gate run 2"),
-        PassRatePoint(version="v004", pass_rate=0.6, passed=3, total=5, at=T0 + timedelta(days=2), label="gate run 3"),
+        PassRatePoint(version="v001", pass_rate=0.4, passed=2, total=5, at=T0, label="5 of 6 suite cases", suite_size=6),
+        PassRatePoint(version="v002", pass_rate=0.8, passed=4, total=5, at=T0 + timedelta(days=1),
+                      label="5 of 6 suite cases", suite_size=6),
+        PassRatePoint(version="v004", pass_rate=0.6, passed=3, total=5, at=T0 + timedelta(days=2),
+                      label="5 of 6 suite cases", suite_size=6),
     ])
     html = client_for(reviewer).get(LIST).content.decode()
     assert 'data-testid="pass-rate-chart"' in html
     assert html.count("<circle ") == 3
-    assert "<title>v002 · gate run 2: 4/5 passed (80%)</title>" in html
+    assert "<title>v002: 4/5 passed (80%) on 5 of 6 suite cases</title>" in html
+    assert html.count('data-testid="point-cases">n=5</text>') == 3
     assert '<polyline class="line" points="44.0,112.8 374.0,45.6 704.0,79.2"/>' in html
-    assert "4/5 (80%)" in html  # v002's last gate in the table
+    assert "4/5 (80%)" in html  # v002 on the current suite, in the table
 
 
 def test_the_chart_places_points_by_rate():
@@ -87,36 +89,69 @@ def test_the_chart_places_points_by_rate():
     assert pass_rate_chart([]) is None
 
 
-def test_a_gate_run_like_row_becomes_a_point():
-    harness = SimpleNamespace(version="v002")
-    row = SimpleNamespace(pk=7, cycle=SimpleNamespace(harness=harness), totals={"passed": 3, "total": 4},
-                          finished_at=T0)
-    assert point_from_gate_run(row) == PassRatePoint(version="v002", pass_rate=0.75, passed=3, total=4, at=T0,
-                                                     label="gate run 7")
-    stats = SimpleNamespace(pk=8, harness=harness, stats={"successes": 1, "failures": 3}, created_at=T0)
-    assert point_from_gate_run(stats).pass_rate == 0.25
-    assert point_from_gate_run(SimpleNamespace(pk=9, harness=harness, passed=0, total=0)) is None
-    assert point_from_gate_run(SimpleNamespace(pk=10, cycle=None)) is None
+def _suite_case(eval_id, *, status="approved"):
+    from reviews.models import EvalCase
+
+    run = make_run(harness=Harness.objects.get(version="v001"))
+    cycle = Cycle.objects.get_or_create(harness=run.harness, name="v001 review")[0]
+    return EvalCase.objects.create(cycle=cycle, eval_id=eval_id, title=eval_id, expected_behavior="x", source_run=run,
+                                   status=status)
 
 
-def test_the_history_reads_finished_gate_runs_in_time_order(django_assert_num_queries):
-    from reviews.models import GateRun
+def _gate(harness, verdicts, *, at, status="succeeded", errors=()):
+    """A gate run of `harness` with one row per (case, passed); cases in `errors` get an error row."""
+    from reviews.models import GateRow, GateRun
 
+    gate_run = GateRun.objects.create(harness=harness, status=status, total=len(verdicts),
+                                      passed=sum(1 for _, passed in verdicts if passed), finished_at=at)
+    for position, (case, passed) in enumerate(verdicts):
+        GateRow.objects.create(gate_run=gate_run, eval_case=case, position=position, eval_id=case.eval_id,
+                               passed=passed, error="Run failed." if case in errors else "")
+    return gate_run
+
+
+def test_the_history_is_one_point_per_version_on_the_current_suite(django_assert_num_queries):
+    """v001 was gated three times (on different case sets): one point, from each case's latest verdict."""
     v1 = make_harness("v001", status="retired")
     v2 = make_harness("v002", status="promoted", parent=v1)
-    GateRun.objects.create(harness=v2, status="succeeded", total=5, passed=4, finished_at=T0 + timedelta(days=1))
-    GateRun.objects.create(harness=v1, status="succeeded", total=5, passed=2, finished_at=T0)
-    GateRun.objects.create(harness=v2, status="failed", total=5, passed=0, finished_at=T0 + timedelta(days=2))
-    GateRun.objects.create(harness=v2, status="running")
-    GateRun.objects.create(harness=v2, status="succeeded", total=0, passed=0, finished_at=T0 + timedelta(days=3))
-    with django_assert_num_queries(1):
+    a, b, c, d = (_suite_case(name) for name in "abcd")
+    retired = _suite_case("old", status="retired")
+    _gate(v1, [(a, True), (b, True), (retired, True)], at=T0)
+    _gate(v1, [(a, False), (b, False), (c, False)], at=T0 + timedelta(days=1))
+    _gate(v1, [(a, True), (d, True)], at=T0 + timedelta(days=2), errors=[d])  # d errored: no verdict
+    _gate(v1, [(a, True), (b, True), (c, True), (d, True)], at=T0 + timedelta(days=3), status="failed")
+    _gate(v2, [(a, True), (b, True), (c, False), (d, True)], at=T0 + timedelta(days=4))
+    with django_assert_num_queries(3):
         history = promotion.pass_rate_history()
-    assert [(p.version, p.passed, p.total, p.pass_rate) for p in history] == [("v001", 2, 5, 0.4), ("v002", 4, 5, 0.8)]
+    assert [(p.version, p.passed, p.total, p.suite_size, p.label) for p in history] == [
+        ("v001", 1, 3, 4, "3 of 4 suite cases"),  # a pass (day 2), b fail and c fail (day 1); d never judged
+        ("v002", 3, 4, 4, "4 of 4 suite cases"),
+    ]
+    assert history[0].pass_rate == pytest.approx(1 / 3) and history[0].at == T0 + timedelta(days=2)
 
 
-def test_the_history_is_empty_until_the_app_has_a_gate_model(monkeypatch):
-    monkeypatch.setattr(promotion, "_gate_runs", lambda: None)
+def test_the_versions_page_draws_one_point_per_version(client_for, reviewer):
+    v1 = make_harness("v001", status="promoted")
+    a, b = _suite_case("a"), _suite_case("b")
+    for day, passed in enumerate((True, False, True)):
+        _gate(v1, [(a, passed), (b, False)], at=T0 + timedelta(days=day))
+    html = client_for(reviewer).get(LIST).content.decode()
+    assert html.count("<circle ") == 1
+    assert "<title>v001: 1/2 passed (50%) on 2 of 2 suite cases</title>" in html
+
+
+def test_the_history_is_empty_until_a_version_has_a_verdict_on_the_suite():
     assert promotion.pass_rate_history() == []
+    make_harness("v001", status="promoted")
+    case = _suite_case("a")
+    _gate(Harness.objects.get(version="v001"), [(case, True)], at=T0, errors=[case])
+    assert promotion.pass_rate_history() == []
+
+
+def test_the_history_is_empty_without_a_gate_app(monkeypatch):
+    monkeypatch.setattr(promotion.comparison_for, "function", None)
+    monkeypatch.setattr(promotion.pass_rate_history, "function", None)
+    assert promotion.pass_rate_history() == [] and promotion.comparison_for(None) is None
 
 
 # --- one click: a new cycle on the promoted version -----------------------------------------------------

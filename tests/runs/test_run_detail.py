@@ -73,6 +73,26 @@ def test_the_status_partial_polls_while_active(client_for, reviewer):
     assert "<html" not in body
 
 
+def test_a_run_waiting_for_a_model_slot_says_so(client_for, reviewer):
+    run = make_run(status=Run.Status.RUNNING, attempts=1)
+    assert "Waiting for the model" not in _page(client_for(reviewer), run)
+    assert run.mark_waiting_for_model(waiting=True, attempt=1)
+    response = client_for(reviewer).get(reverse("runs:detail", args=[run.pk]), headers={"HX-Request": "true", "HX-Target": "run-status"})
+    body = response.content.decode()
+    assert 'data-testid="waiting-for-model"' in body and "Waiting for the model" in body
+    assert 'hx-trigger="every 2s"' in body
+    assert ">Running<" not in body
+
+
+def test_a_finished_or_stale_attempt_cannot_mark_the_wait():
+    run = make_run(status=Run.Status.RUNNING, attempts=2)
+    assert not run.mark_waiting_for_model(waiting=True, attempt=1)
+    Run.objects.filter(pk=run.pk).update(status=Run.Status.SUCCEEDED)
+    assert not run.mark_waiting_for_model(waiting=True, attempt=2)
+    run.refresh_from_db()
+    assert run.waiting_for_model is False and run.status_label == "Succeeded"
+
+
 def test_the_status_partial_stops_polling_and_refreshes_when_done(client_for, reviewer):
     run = make_run(status=Run.Status.RUNNING)
     Run.objects.filter(pk=run.pk).update(status=Run.Status.SUCCEEDED)
@@ -243,3 +263,35 @@ def test_the_partials_render_alone_with_only_the_run(rf, reviewer):
     without_tree = render_to_string("runs/run_detail.html#span-tree", {"run": run}, request=request)
     assert with_tree == without_tree
     assert with_tree.count("data-span-id=") == 4
+
+
+def test_token_counts_have_thousands_separators(client_for, reviewer):
+    from tests.reviews.builders import make_run as make_review_run
+
+    run = make_review_run(input_tokens=1200000, output_tokens=34567, total_tokens=1234567)
+    body = client_for(reviewer).get(run.get_absolute_url()).content.decode()
+    assert "1,234,567 <span class=\"muted\">(1,200,000 in · 34,567 out)</span>" in body
+
+
+def test_a_json_list_of_records_is_a_table(client_for, reviewer):
+    run = make_run()
+    register = [{"id": "R-001", "risk": "Sub-12-month runway", "severity": "High",
+                 "evidence": ["financials/p_and_l.csv", "board_minutes.md"]},
+                {"id": "R-002", "risk": "Customer concentration", "owner": {"name": "CFO"}}]
+    add_artifacts(run, {"risk_register.json": json.dumps(register)})
+    html = _page(client_for(reviewer), run)
+    panel = html.split('data-artifact="risk_register.json"')[1].split('class="tab-panel')[0]
+    assert "<th>id</th><th>risk</th><th>severity</th><th>evidence</th><th>owner</th>" in panel
+    assert "<td>financials/p_and_l.csv; board_minutes.md</td>" in panel
+    assert "<td>{&quot;name&quot;: &quot;CFO&quot;}</td>" in panel
+    assert "As stored (JSON)" in panel
+
+
+def test_json_not_shaped_like_a_table_stays_indented_text():
+    from runs.display import json_table, render_content
+
+    assert json_table({"a": 1, "b": 2}) == ([], [])
+    assert json_table([1, 2]) == ([], [])
+    assert json_table({"risks": [{"id": "R-1"}]}) == (["id"], [["R-1"]])
+    view = render_content("summary.json", '{"a": 1, "b": [1, 2]}')
+    assert view.header == [] and '"a": 1' in view.text

@@ -33,7 +33,7 @@ def test_it_lists_newest_first_with_the_columns(client_for, reviewer):
     assert response.status_code == 200
     assert _run_ids(response) == [new.pk, old.pk]
     html = response.content.decode()
-    for text in ("trace-old", old.question.text, old.harness.version, old.dataroom.name, "Succeeded", "1234", "42.0 s",
+    for text in ("trace-old", old.question.text, old.harness.version, old.dataroom.name, "Succeeded", "1,234", "42.0 s",
                  "evidence ✓", "contract ✗"):
         assert text in html
 
@@ -87,12 +87,12 @@ def test_the_list_is_one_query_whatever_the_number_of_runs(client_for, reviewer,
         make_run()
     client = client_for(reviewer)
     client.get(URL)
-    # session + user + roles + count + page + the two filter dropdowns
-    with django_assert_num_queries(7):
+    # session + user + roles + count + page + the three filter dropdowns (agent, harness, dataroom)
+    with django_assert_num_queries(8):
         client.get(URL)
     for _ in range(12):
         make_run()
-    with django_assert_num_queries(7):
+    with django_assert_num_queries(8):
         client.get(URL)
 
 

@@ -1,18 +1,18 @@
-"""runs.work.sweep_runs: recover runs whose worker or message vanished."""
+"""The sweep (loopsite.work.WorkItem.sweep) on runs: recover runs whose worker or message vanished."""
 
 from datetime import timedelta
 from unittest import mock
 
 import pytest
+from django.conf import settings as django_settings
 from django.utils import timezone
 
-from runs import work
 from runs.models import Run
 
 
 @pytest.fixture
 def enqueued():
-    """The run ids sweep_runs enqueues (the task is not sent anywhere)."""
+    """The run ids the sweep enqueues (the task is not sent anywhere)."""
     with mock.patch("runs.tasks.execute_run.delay_on_commit") as delay:
         yield lambda: [call.args[0] for call in delay.call_args_list]
 
@@ -26,7 +26,7 @@ def test_a_running_row_with_a_stale_heartbeat_is_queued_again(make_run, settings
     run = make_run(claim=True)
     age(run, seconds=settings.WORK_STALE_SECONDS + 5, heartbeat_at=True)
 
-    assert work.sweep_runs() == {"requeued": 1, "failed": 0, "reenqueued": 0}
+    assert Run.sweep() == {"requeued": 1, "failed": 0, "reenqueued": 0}
     run.refresh_from_db()
     assert run.status == Run.Status.QUEUED
     assert run.attempts == 1
@@ -41,10 +41,10 @@ def test_a_stale_row_on_its_last_attempt_fails(make_run, settings, enqueued):
     run = make_run(claim=True)
     age(run, seconds=settings.WORK_STALE_SECONDS + 5, heartbeat_at=True)
 
-    assert work.sweep_runs()["failed"] == 1
+    assert Run.sweep()["failed"] == 1
     run.refresh_from_db()
     assert run.status == Run.Status.FAILED
-    assert run.last_error.startswith("worker lost")
+    assert run.last_error.startswith("Worker lost: no heartbeat")
     assert run.finished_at is not None
     assert enqueued() == []
 
@@ -52,7 +52,7 @@ def test_a_stale_row_on_its_last_attempt_fails(make_run, settings, enqueued):
 def test_a_live_running_row_is_left_alone(make_run, enqueued):
     run = make_run(claim=True)
     run.beat()
-    assert work.sweep_runs() == {"requeued": 0, "failed": 0, "reenqueued": 0}
+    assert Run.sweep() == {"requeued": 0, "failed": 0, "reenqueued": 0}
     run.refresh_from_db()
     assert run.status == Run.Status.RUNNING
     assert enqueued() == []
@@ -60,11 +60,11 @@ def test_a_live_running_row_is_left_alone(make_run, enqueued):
 
 def test_a_queued_row_whose_message_was_lost_is_enqueued_again_once(make_run, enqueued):
     run = make_run()
-    age(run, seconds=work.QUEUED_STALE_SECONDS + 5, created_at=True)
+    age(run, seconds=django_settings.QUEUED_STALE_SECONDS + 5, created_at=True)
 
-    assert work.sweep_runs()["reenqueued"] == 1
+    assert Run.sweep()["reenqueued"] == 1
     # A second sweep right after (or a concurrent one) finds it freshly enqueued.
-    assert work.sweep_runs()["reenqueued"] == 0
+    assert Run.sweep()["reenqueued"] == 0
     assert enqueued() == [run.pk]
     run.refresh_from_db()
     assert run.status == Run.Status.QUEUED
@@ -72,7 +72,7 @@ def test_a_queued_row_whose_message_was_lost_is_enqueued_again_once(make_run, en
 
 def test_a_recently_queued_row_is_left_alone(make_run, enqueued):
     make_run()
-    assert work.sweep_runs()["reenqueued"] == 0
+    assert Run.sweep()["reenqueued"] == 0
     assert enqueued() == []
 
 
@@ -80,7 +80,7 @@ def test_finished_rows_are_never_touched(make_run, settings, enqueued):
     done = make_run(claim=True)
     Run.objects.filter(pk=done.pk).update(status=Run.Status.SUCCEEDED)
     age(done, seconds=10_000, heartbeat_at=True, created_at=True)
-    assert work.sweep_runs() == {"requeued": 0, "failed": 0, "reenqueued": 0}
+    assert Run.sweep() == {"requeued": 0, "failed": 0, "reenqueued": 0}
     done.refresh_from_db()
     assert done.status == Run.Status.SUCCEEDED
 
@@ -98,11 +98,11 @@ def test_two_sweeps_over_the_same_stale_rows_enqueue_each_once(make_run, setting
         queryset = real_filter(*args, **kwargs)
         if not hasattr(first_sweep_races_in, "done"):
             first_sweep_races_in.done = True
-            work.sweep_runs()
+            Run.sweep()
             return mock.Mock(values_list=lambda *a, **k: stale)
         return queryset
 
     with mock.patch.object(Run.objects, "filter", side_effect=first_sweep_races_in):
-        counts = work.sweep_runs()
+        counts = Run.sweep()
     assert counts["requeued"] == 0
     assert sorted(enqueued()) == sorted(run.pk for run in runs)

@@ -1,5 +1,14 @@
-"""Start every process Loopsite needs in one terminal: web, worker and, when no
-OPENAI_API_KEY is set, the offline stand-in model. Ctrl-C stops them all."""
+"""Start every process Loopsite needs in one terminal: web, the two workers and, when no
+OPENAI_API_KEY is set, the offline stand-in model. Ctrl-C stops them all.
+
+- `worker`: the default queue, a prefork pool of WORKER_CONCURRENCY processes (generation, gate,
+  HALO, calibration), with beat (-B: the sweep) embedded: beat runs here and nowhere else;
+- `runs`: the run queue, a threads pool of RUN_CONCURRENCY threads in one process. A run waits on
+  its agent child process and the model, not on a CPU, so the number of runs at once does not
+  follow the number of cores;
+- `web`: gunicorn with the app preloaded (its workers share the imported code), WEB_WORKERS
+  processes of WEB_THREADS threads.
+"""
 
 import os
 import sys
@@ -9,39 +18,46 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 
+def process_commands(*, python: str, host: str, port: int, concurrency: int, run_concurrency: int,
+                     web_workers: int, web_threads: int, schedule: str = "var/celerybeat-schedule") -> dict[str, str]:
+    """name -> command line of each process `make run` starts (bench/memory.py starts the same)."""
+    commands: dict[str, str] = {}
+    if settings.STANDIN_IN_USE:
+        standin = urlparse(settings.STANDIN_URL)
+        commands["standin"] = f"{python} -m loopsite.standin --host {standin.hostname} --port {standin.port}"
+    commands["web"] = (f"{python} -m gunicorn loopsite.wsgi --preload --bind {host}:{port}"
+                       f" --workers {web_workers} --threads {web_threads} --timeout 120")
+    commands["worker"] = (f"{python} -m celery -A loopsite worker -B --loglevel INFO --concurrency {concurrency}"
+                          f" --queues {settings.CELERY_TASK_DEFAULT_QUEUE} --schedule {schedule}"
+                          f" --hostname default@%h")
+    commands["runs"] = (f"{python} -m celery -A loopsite worker --pool threads --loglevel INFO"
+                        f" --concurrency {run_concurrency} --queues {settings.CELERY_RUN_QUEUE}"
+                        f" --hostname runs@%h")
+    return commands
+
+
 class Command(BaseCommand):
-    help = "Run web, worker (with beat) and, without OPENAI_API_KEY, the stand-in model."
+    help = "Run web, the default worker (with beat), the run worker and, without OPENAI_API_KEY, the stand-in model."
 
     def add_arguments(self, parser):
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=8000)
-        parser.add_argument("--concurrency", type=int, default=int(os.environ.get("WORKER_CONCURRENCY", "4")))
+        parser.add_argument("--concurrency", type=int, default=settings.WORKER_CONCURRENCY,
+                            help="processes of the default queue's worker (WORKER_CONCURRENCY)")
+        parser.add_argument("--run-concurrency", type=int, default=settings.RUN_CONCURRENCY,
+                            help="runs at once in the run worker (RUN_CONCURRENCY)")
 
-    def handle(self, *args, host, port, concurrency, **options):
+    def handle(self, *args, host, port, concurrency, run_concurrency, **options):
         from honcho.manager import Manager
 
-        python = sys.executable
         env = os.environ.copy()
         env["PYTHONUNBUFFERED"] = "1"
         manager = Manager()
-        if settings.STANDIN_IN_USE:
-            standin = urlparse(settings.STANDIN_URL)
-            manager.add_process(
-                "standin",
-                f"{python} -m loopsite.standin --host {standin.hostname} --port {standin.port}",
-                env=env,
-            )
-        manager.add_process(
-            "web",
-            f"{python} -m gunicorn loopsite.wsgi --bind {host}:{port} --workers 2 --threads 4 --timeout 120",
-            env=env,
-        )
-        manager.add_process(
-            "worker",
-            f"{python} -m celery -A loopsite worker -B --loglevel INFO --concurrency {concurrency}"
-            f" --queues {settings.CELERY_TASK_DEFAULT_QUEUE} --schedule var/celerybeat-schedule",
-            env=env,
-        )
+        commands = process_commands(python=sys.executable, host=host, port=port, concurrency=concurrency,
+                                    run_concurrency=run_concurrency, web_workers=settings.WEB_WORKERS,
+                                    web_threads=settings.WEB_THREADS)
+        for name, command in commands.items():
+            manager.add_process(name, command, env=env)
         password = os.environ.get("DEMO_PASSWORD", "loopsite-demo")
         self.stdout.write(self.style.SUCCESS(f"\nLoopsite is starting at http://{host}:{port}/"))
         self.stdout.write(
