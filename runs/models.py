@@ -513,8 +513,8 @@ class Harness(models.Model):
         Refused (`promotion.PromotionRefused`) while `comparison` (a `promotion.Comparison` of
         this candidate against the baseline) reports a case that passes on the baseline and
         fails, or was not run, on the candidate, or when there is no comparison at all, unless
-        `override_reason` is given; the reason is kept in the audit log. The agent's webhook hears
-        of either outcome (runs/webhooks.py).
+        `override_reason` is given; the reason is kept in the audit log, as is a refusal. The agent's
+        webhook hears of either outcome (runs/webhooks.py).
         """
         from . import webhooks
         from .promotion import PromotionRefused, check_promotion
@@ -533,6 +533,11 @@ class Harness(models.Model):
             else:
                 locked._replace_promoted(by=by, comparison=comparison, override_reason=override_reason)
         if refused is not None:
+            AuditEvent.record(
+                actor=by, action="harness.promotion_refused", obj=locked, summary=str(refused),
+                after={"reason": str(refused), "blocking": [row.case_id for row in refused.blocking],
+                       "comparison": comparison.summary() if comparison is not None else None},
+            )
             webhooks.version_refused(harness=locked, refused=refused, comparison=comparison, by=by)
             raise refused
         self.status, self.eval_metadata = locked.status, locked.eval_metadata

@@ -93,7 +93,11 @@ def test_a_regression_without_a_reason_is_refused(approver, versions):
     assert "rollup" in str(excinfo.value)
     assert [row.case_id for row in excinfo.value.blocking] == ["rollup"]
     assert dict(Harness.objects.values_list("version", "status")) == {"v001": "promoted", "v002": "draft"}
-    assert not AuditEvent.objects.filter(action__startswith="harness.").exists()
+    # Nothing was promoted or retired, and the refusal itself is in the audit log with who asked and why.
+    event = AuditEvent.objects.get(action__startswith="harness.")
+    assert (event.action, event.actor, event.object_id) == ("harness.promotion_refused", approver, str(v2.pk))
+    assert event.summary.startswith("Promotion of v002 is refused: 1 case(s) pass on v001 and fail on v002")
+    assert event.after["blocking"] == ["rollup"] and event.after["comparison"]["regressions"] == ["rollup"]
 
 
 def test_a_baseline_pass_not_run_on_the_candidate_is_refused_too(approver, versions):
