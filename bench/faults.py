@@ -428,7 +428,7 @@ def main() -> int:
     from django.conf import settings
     from django.utils import timezone
 
-    from bench.cycle import decide_proposals, review_and_approve
+    from bench.cycle import decide_proposals, review_and_approve, settle_evidence
     from reviews.gate import request_gate
     from reviews.generation import request_generation
     from reviews.models import GateRun, GenerationJob, Optimization
@@ -500,7 +500,12 @@ def main() -> int:
         elif needs_cycle:
             _prepare_generation(cycle, users, review_and_approve, args.timeout)
         if needs_cycle:
-            decide_proposals(cycle, users)  # the approved proposals are the gate's suite
+            # The approver reads each proposal's back-test first: approving one whose back-test has not finished
+            # would need a written reason, and decide_proposals would reject it, leaving the gate nothing to judge.
+            settle_evidence(cycle, in_worker=True, timeout=args.timeout)
+            approved, _ = decide_proposals(cycle, users)  # the approved proposals are the gate's suite
+            if not approved:
+                raise SystemExit("No proposal could be approved, so the gate faults would have nothing to judge.")
 
         def kill_gate() -> Result:
             stack.start_standin(delay=3.0)  # every judge call takes a while
