@@ -502,6 +502,7 @@ def main() -> int:
         if needs_cycle:
             # The approver reads each proposal's back-test first: approving one whose back-test has not finished
             # would need a written reason, and decide_proposals would reject it, leaving the gate nothing to judge.
+            stack.start_standin(delay=0.3)  # kill-generation slowed every model call down; the judge needs none of it
             settle_evidence(cycle, in_worker=True, timeout=args.timeout)
             approved, _ = decide_proposals(cycle, users)  # the approved proposals are the gate's suite
             if not approved:
