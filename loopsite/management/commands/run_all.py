@@ -15,7 +15,7 @@ import sys
 from urllib.parse import urlparse
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 
 def process_commands(*, python: str, host: str, port: int, concurrency: int, run_concurrency: int,
@@ -36,6 +36,17 @@ def process_commands(*, python: str, host: str, port: int, concurrency: int, run
     return commands
 
 
+def port_clash(port: int) -> str:
+    """Why the web server cannot take `port` (the stand-in model's own port), or ""."""
+    if not settings.STANDIN_IN_USE:
+        return ""
+    standin_port = urlparse(settings.STANDIN_URL).port
+    if standin_port != port:
+        return ""
+    return (f"Port {port} is the stand-in model's (LOOPSITE_STANDIN_URL={settings.STANDIN_URL}). Start the web "
+            f"server on another port (make run PORT=...), or move the stand-in with LOOPSITE_STANDIN_URL.")
+
+
 class Command(BaseCommand):
     help = "Run web, the default worker (with beat), the run worker and, without OPENAI_API_KEY, the stand-in model."
 
@@ -49,6 +60,9 @@ class Command(BaseCommand):
 
     def handle(self, *args, host, port, concurrency, run_concurrency, **options):
         from honcho.manager import Manager
+
+        if problem := port_clash(port):
+            raise CommandError(problem)
 
         env = os.environ.copy()
         env["PYTHONUNBUFFERED"] = "1"
