@@ -49,6 +49,18 @@ def die_with_parent() -> None:
 PREEXEC = die_with_parent if _PRCTL is not None and sys.platform.startswith("linux") else None
 
 
+def stop_with_parent() -> None:
+    """Ask for SIGTERM when the process that started this one ends (for `manage.py run_all` under make: a
+    signal sent to make alone would otherwise leave web and workers running). A process whose parent has
+    already gone is told at once."""
+    if _PRCTL is None or not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def kill_group(proc: subprocess.Popen) -> None:
     """SIGKILL the child and everything it started, then reap it."""
     try:

@@ -45,3 +45,95 @@ def test_the_web_port_may_not_be_the_stand_ins(settings, monkeypatch):
     assert port_clash(8000) == ""
     settings.STANDIN_IN_USE = False  # a real model endpoint: no stand-in is started, so the port is the web's
     assert port_clash(8765) == ""
+
+
+def test_run_all_asks_to_stop_with_make(settings, monkeypatch):
+    """run_all asks for SIGTERM when its parent (make) ends, before it starts anything."""
+    import honcho.manager
+
+    from loopsite.management.commands import run_all
+
+    calls = []
+
+    class FakeManager:
+        returncode = 0
+
+        def add_process(self, name, command, env):
+            calls.append(name)
+
+        def loop(self):
+            calls.append("loop")
+
+    monkeypatch.setattr(honcho.manager, "Manager", FakeManager)
+    monkeypatch.setattr(run_all, "stop_with_parent", lambda: calls.append("stop_with_parent"))
+    settings.STANDIN_IN_USE = False
+    with pytest.raises(SystemExit) as exit_info:
+        call_command("run_all", "--port", "8000")
+    assert exit_info.value.code == 0
+    assert calls[0] == "stop_with_parent" and calls[-1] == "loop" and {"web", "worker", "runs"} <= set(calls)
+
+
+CHILD = """
+import signal, sys, time
+from pathlib import Path
+from loopsite.childproc import stop_with_parent
+signal.signal(signal.SIGTERM, lambda *args: (Path(sys.argv[1]).write_text("SIGTERM"), sys.exit(0)))
+stop_with_parent()
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+PARENT = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2]], stdout=sys.stdout)
+print(child.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_process_that_asked_is_told_when_its_parent_is_killed(tmp_path):
+    """The real mechanism (PR_SET_PDEATHSIG): SIGKILL the parent, as a signal to make alone would end it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    marker = tmp_path / "told"
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, CHILD, str(marker)], stdout=subprocess.PIPE, text=True,
+                              cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    child_pid = int(parent.stdout.readline())
+    try:
+        assert parent.stdout.readline().strip() == "ready"
+        assert not marker.exists()
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists() and marker.read_text() == "SIGTERM", "the child was not told that its parent died"
+        deadline = time.monotonic() + 5
+        while _alive(child_pid) and time.monotonic() < deadline:  # it exits on its own once told
+            time.sleep(0.05)
+        assert not _alive(child_pid), "the child kept running after its parent was killed"
+    finally:
+        for pid in (child_pid, parent.pid):
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        parent.wait(timeout=10)
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.waitpid(pid, os.WNOHANG)  # reaps it if it is our own child that has ended
+    except ChildProcessError:
+        pass
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended; only its parent has not reaped it yet

@@ -1,5 +1,6 @@
 """Start every process Loopsite needs in one terminal: web, the two workers and, when no
-OPENAI_API_KEY is set, the offline stand-in model. Ctrl-C stops them all.
+OPENAI_API_KEY is set, the offline stand-in model. Ctrl-C stops them all, and so does the end of the
+process that started it (make), whatever signal ended it.
 
 - `worker`: the default queue, a prefork pool of WORKER_CONCURRENCY processes (generation, gate,
   HALO, calibration), with beat (-B: the sweep) embedded: beat runs here and nowhere else;
@@ -16,6 +17,8 @@ from urllib.parse import urlparse
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+
+from loopsite.childproc import stop_with_parent
 
 
 def process_commands(*, python: str, host: str, port: int, concurrency: int, run_concurrency: int,
@@ -63,6 +66,7 @@ class Command(BaseCommand):
 
         if problem := port_clash(port):
             raise CommandError(problem)
+        stop_with_parent()  # honcho's SIGTERM handler then stops every process it started
 
         env = os.environ.copy()
         env["PYTHONUNBUFFERED"] = "1"
