@@ -80,3 +80,22 @@ def test_an_artifact_line_citation_opens_the_artifact_and_highlights_the_line(pa
     link.click()
     expect(page.locator("#artifact-investment-memo-md-L4")).to_have_class("line is-cited")
     _expect_in_view(page, page.locator("#artifact-investment-memo-md-L4"))
+
+
+def test_a_claim_check_after_the_save_leaves_the_status_saved(page, login, live_server, reviewer, engineer):
+    """The claim check is a GET from a textarea inside the form, not a save: one that starts after the autosave
+    answered (a slow machine orders them so) must not turn "Saved" into a "Saving…" that no save will answer."""
+    _start_row(page, login, live_server, reviewer, engineer, add="+ Add prohibited claim",
+               text="The memo reports 122% official NRR")
+    page.locator("[name=summary]").focus()  # leaving the field: its change event saves
+    expect(page.get_by_test_id("saved")).to_be_visible()
+    check = page.locator("[data-testid=claim-found], [data-testid=claim-absent]")
+    expect(check).to_have_count(1)
+    page.evaluate("""() => {
+        const box = document.querySelector("textarea[name=item_text][hx-get]");
+        return htmx.ajax("GET", box.getAttribute("hx-get"), {source: box, target: box.getAttribute("hx-target")});
+    }""")
+    expect(check).to_have_count(1)
+    page.wait_for_function("() => !document.querySelector('#feedback-form .htmx-request')")
+    expect(page.locator("#save-status")).not_to_contain_text("Saving")
+    expect(page.get_by_test_id("saved")).to_be_visible()
