@@ -26,7 +26,6 @@ import argparse
 import math
 import os
 import secrets
-import shutil
 import statistics
 import sys
 import tempfile
@@ -37,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cycle import configure, free_port, purge, setup_data, start_worker, stop_worker  # noqa: E402
+from cycle import configure, free_port, setup_data, start_worker, tear_down  # noqa: E402
 from memory import pss_kib, process_tree  # noqa: E402
 
 
@@ -143,15 +142,7 @@ def main() -> int:
             print(f"Stand-in {args.fault}: {server.rate_limiter.refused} calls refused with 429, "
                   f"{server.rate_limiter.served} served")
     finally:
-        if workers is not None:
-            stop_worker(workers)
-        server.shutdown()
-        server.server_close()
-        try:
-            purge(queue)
-        except Exception:  # noqa: BLE001 - Redis may be gone; nothing to clean then
-            pass
-        shutil.rmtree(tmp, ignore_errors=True)
+        tear_down(worker=workers, server=server, queue=queue, tmp=tmp)
     return 0
 
 

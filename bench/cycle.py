@@ -155,6 +155,19 @@ def purge(queue: str) -> None:
     client.delete(queue, f"{queue}-runs")
 
 
+def tear_down(*, worker, server, queue: str, tmp) -> None:
+    """What every bench leaves behind: its worker, its stand-in, its queues and its temporary directory."""
+    if worker is not None:
+        stop_worker(worker)
+    server.shutdown()
+    server.server_close()
+    try:
+        purge(queue)
+    except Exception:  # noqa: BLE001 - Redis may be gone; nothing to clean then
+        pass
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def setup_data():
     from django.contrib.auth.models import Group, User
     from django.core.management import call_command
@@ -586,15 +599,7 @@ def main() -> int:
                 previous = seconds
             print(f"\nSequential / app: {seq['wall']:.1f} s / {app['wall']:.1f} s = {seq['wall'] / app['wall']:.2f}x")
     finally:
-        if worker is not None:
-            stop_worker(worker)
-        server.shutdown()
-        server.server_close()
-        try:
-            purge(queue)
-        except Exception:  # noqa: BLE001 - Redis may be gone; nothing to clean then
-            pass
-        shutil.rmtree(tmp, ignore_errors=True)
+        tear_down(worker=worker, server=server, queue=queue, tmp=tmp)
     return 0
 
 
