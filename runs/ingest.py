@@ -18,6 +18,7 @@ import base64
 import json
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 from datetime import datetime, timezone as dt_timezone
 from typing import Any, Iterable
 
@@ -93,11 +94,17 @@ def otlp_time(nanos: int | str | None) -> str:
     if nanos <= 0:
         return ""
     seconds, rest = divmod(nanos, 1_000_000_000)
+    second = _second_text(seconds)
+    return f"{second}.{rest:09d}Z" if second else ""
+
+
+@lru_cache(maxsize=4096)
+def _second_text(seconds: int) -> str:
+    """`2026-11-26T07:19:00` (UTC); cached, since the spans of an export mostly share their seconds."""
     try:
-        moment = datetime.fromtimestamp(seconds, tz=dt_timezone.utc)
+        return datetime.fromtimestamp(seconds, tz=dt_timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
     except (OverflowError, OSError, ValueError):
         return ""
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{rest:09d}Z"
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -177,7 +184,13 @@ def _proto_any(value) -> Any:  # noqa: ANN001 - an opentelemetry.proto AnyValue
 
 
 def _proto_attributes(items) -> dict[str, Any]:  # noqa: ANN001
-    return {_no_nul(kv.key): _proto_any(kv.value) for kv in items}
+    out = {}
+    for kv in items:
+        value = kv.value
+        # Most attributes are strings: taken here without a call per attribute.
+        out[_no_nul(kv.key)] = (_no_nul(value.string_value) if value.WhichOneof("value") == "string_value"
+                                else _proto_any(value))
+    return out
 
 
 def _no_nul(text: str) -> str:
@@ -831,6 +844,15 @@ def _insert_spans(rows: list[tuple]) -> None:
     if not rows:
         return
     quote = connection.ops.quote_name
+    if connection.vendor == "postgresql":
+        # COPY: a third less time in PostgreSQL than the same rows as an executemany of INSERTs.
+        columns = ", ".join(quote(c) for c in _SPAN_COLUMNS)
+        # psycopg's own cursor, so its errors are turned into Django's here (DatabaseError and kin).
+        with connection.cursor() as cursor, connection.wrap_database_errors, cursor.cursor.copy(
+                f"COPY {quote(Span._meta.db_table)} ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        return
     data = "%s::jsonb" if connection.vendor == "postgresql" else "%s"
     sql = (f"INSERT INTO {quote(Span._meta.db_table)} ({', '.join(quote(c) for c in _SPAN_COLUMNS)}) "
            f"VALUES ({', '.join(['%s'] * (len(_SPAN_COLUMNS) - 1) + [data])})")
@@ -873,9 +895,13 @@ def store_lines(*, agent: Agent, lines: Iterable[dict[str, Any]], user=None) -> 
                 pending.append((trace_id, run, old, fresh,
                                 summarise(old + fresh, version_attribute=agent.version_attribute)))
         questions = _questions_for(summary.input_text for *_, summary in pending)
+        created_runs = _create_runs(agent=agent, user=user, harnesses=harnesses, questions=questions,
+                                    new=[(trace_id, summary) for trace_id, run, _, _, summary in pending if run is None])
         for trace_id, run, old, fresh, summary in pending:
             created = False
-            if run is None:
+            if run is None and trace_id in created_runs:
+                run, created = created_runs[trace_id], True
+            elif run is None:
                 run, created = _create_run(agent=agent, trace_id=trace_id, summary=summary, user=user,
                                            harnesses=harnesses, question=questions[summary.input_text])
                 if not created:  # another request stored this trace meanwhile: append to what it stored
@@ -927,18 +953,45 @@ def _summary_fields(summary: Summary) -> dict[str, Any]:
     }
 
 
-def _create_run(*, agent: Agent, trace_id: str, summary: Summary, user, harnesses: dict,  # noqa: ANN001
-                question: Question) -> tuple[Run, bool]:
+def _new_run(*, agent: Agent, trace_id: str, summary: Summary, user, harnesses: dict,  # noqa: ANN001
+             question: Question) -> Run:
     harness = harnesses.get(summary.version)
     if harness is None:
         harness = harnesses[summary.version] = agent.harness_for_version(summary.version)
-    fields = _summary_fields(summary)
+    return Run(agent=agent, harness=harness, question=question, source=Run.Source.IMPORTED, trace_id=trace_id,
+               label=f"trace-{trace_id[:8]}", created_by=user, attempts=1, **_summary_fields(summary))
+
+
+def _create_runs(*, agent: Agent, user, harnesses: dict, questions: dict[str, Question],  # noqa: ANN001
+                 new: list[tuple[str, Summary]]) -> dict[str, Run]:
+    """The runs of traces not stored yet, in one INSERT: {trace id: run}. Empty when another request
+    stored one of them meanwhile (the unique agent + trace id refuses the INSERT); the caller then
+    takes them one at a time (`_create_run`), appending to what the other request stored."""
+    if not new:
+        return {}
+    runs = [_new_run(agent=agent, trace_id=trace_id, summary=summary, user=user, harnesses=harnesses,
+                     question=questions[summary.input_text]) for trace_id, summary in new]
     try:
         with transaction.atomic():
-            return Run.objects.create(
-                agent=agent, harness=harness, question=question, source=Run.Source.IMPORTED,
-                trace_id=trace_id, label=f"trace-{trace_id[:8]}", created_by=user, attempts=1, **fields,
-            ), True
+            Run.objects.bulk_create(runs)
+    except IntegrityError:
+        return {}
+    if any(run.pk is None for run in runs):  # a database that returns no ids from a bulk INSERT
+        ids = dict(Run.objects.filter(agent=agent, trace_id__in=[run.trace_id for run in runs])
+                   .values_list("trace_id", "pk"))
+        for run in runs:
+            run.pk = ids[run.trace_id]
+    return {run.trace_id: run for run in runs}
+
+
+def _create_run(*, agent: Agent, trace_id: str, summary: Summary, user, harnesses: dict,  # noqa: ANN001
+                question: Question) -> tuple[Run, bool]:
+    run = _new_run(agent=agent, trace_id=trace_id, summary=summary, user=user, harnesses=harnesses,
+                   question=question)
+    try:
+        with transaction.atomic():
+            run.save(force_insert=True)
+            return run, True
     except IntegrityError:
         return Run.objects.select_for_update(of=("self",)).select_related("harness").get(
             agent=agent, trace_id=trace_id), False

@@ -75,6 +75,28 @@ def test_a_trace_sent_in_two_requests_is_one_run_and_its_summary_is_recomputed(a
     assert Run.objects.filter(agent=agent).count() == 1
 
 
+def test_a_trace_another_request_stores_meanwhile_is_appended_to_not_doubled(agent, monkeypatch):
+    """Two exports of one new trace at once: the second finds no run, then the first stores it before the
+    second's INSERT. The second's bulk INSERT is refused; it appends to the first's run instead."""
+    from runs import ingest
+
+    spans = openinference_trace()
+    questions_for = ingest._questions_for
+
+    def the_other_request_stores_first(texts):
+        monkeypatch.setattr(ingest, "_questions_for", questions_for)
+        _store(agent, request(spans[:2]))
+        return questions_for(texts)
+
+    monkeypatch.setattr(ingest, "_questions_for", the_other_request_stores_first)
+    other = _store(agent, request([*spans, span("2" * 32, "b" * 16, "lone", {"input.value": "Hi"})]))
+    assert (other.runs_created, other.runs_updated, other.duplicates, other.spans_stored) == (1, 1, 2, 3)
+    run = Run.objects.get(agent=agent, trace_id=TRACE)
+    assert sorted(run.spans.values_list("position", flat=True)) == [0, 1, 2, 3]
+    assert run.final_answer == "Refunds within 30 days." and run.model_calls == 2
+    assert Run.objects.get(agent=agent, trace_id="2" * 32).spans.count() == 1
+
+
 def test_a_resent_request_stores_nothing_twice(agent):
     _store(agent, request(openinference_trace()))
     outcome = _store(agent, request(openinference_trace()))
