@@ -39,11 +39,6 @@ def pending_reviewers(*, cycle: Cycle, run) -> list[Pending]:
     return [Pending(name, state) for name, state in sorted(states.items()) if state]
 
 
-def _key(item: FeedbackItem) -> tuple[str, str]:
-    # The same normalisation as the merged form's (reviews.forms.merged_content): case and full stops ignored.
-    return item.kind, " ".join(item.text.lower().split()).rstrip(".")
-
-
 def disagreement(submissions: list[Feedback]) -> Disagreement:
     """Verdicts that differ, and items only one of several reviewers wrote."""
     reviewed = [fb for fb in submissions if fb.status in Feedback.REVIEWED_STATUSES]
@@ -54,12 +49,12 @@ def disagreement(submissions: list[Feedback]) -> Disagreement:
         result.verdicts = [(fb.reviewer.get_username(), fb.get_verdict_display() or "no verdict") for fb in reviewed]
     counts: dict[tuple[str, str], int] = {}
     for fb in reviewed:
-        for key in {_key(item) for item in fb.items.all() if item.text.strip()}:
+        for key in {item.merge_key for item in fb.items.all() if item.text.strip()}:
             counts[key] = counts.get(key, 0) + 1
     for fb in reviewed:
         seen = set()
         for item in fb.items.all():
-            key = _key(item)
+            key = item.merge_key
             if item.text.strip() and counts.get(key) == 1 and key not in seen:
                 seen.add(key)
                 result.only_one.append((fb.reviewer.get_username(), item.get_kind_display(), item.text))

@@ -18,10 +18,10 @@ from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseStopPolling, trigger_client_event
 
 from loopsite.roles import APPROVER, ENGINEER, REVIEWER, has_role, require_role
+from runs.forms import AgentFilterForm
 
 from .backtest import backtest_states, rerun_backtest
 from .eval_forms import ApproveForm, EvalCaseForm, RejectForm
-from .forms import AgentFilterForm
 from .generation import GenerationError, latest_chain, latest_insights, request_generation, retry_job
 from .models import (
     ApprovalReasonRequired,

@@ -242,7 +242,7 @@ def merged_content(sources: list[Feedback]) -> dict[str, Any]:
     for kind in Kind.values:
         for source in sources:
             for item in source.items.all():
-                key = (item.kind, " ".join(item.text.lower().split()).rstrip("."))
+                key = item.merge_key
                 if item.kind != kind or key in seen or not item.text.strip():
                     continue
                 seen.add(key)
@@ -360,22 +360,3 @@ class TraceCycleForm(forms.Form):
             raise forms.ValidationError(
                 f"{count} runs match; a cycle holds at most {self.MAX_RUNS}: narrow the time range.")
         return data
-
-
-class AgentFilterForm(forms.Form):
-    """The GET filter of the cycles list and the suite page: one agent's (invalid values are ignored)."""
-
-    agent = forms.ModelChoiceField(queryset=None, to_field_name="slug", required=False, empty_label="Any agent")
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.fields["agent"].queryset = Agent.objects.only("id", "name", "slug")
-
-    @property
-    def chosen(self):
-        """The chosen agent, or None (no choice or an unknown one). Not `agent`: that is the field."""
-        return self.cleaned_data.get("agent") if self.is_bound and self.is_valid() else None
-
-    def filter(self, queryset, field: str):
-        """`queryset` narrowed to the agent (`field` leads from its rows to the agent)."""
-        return queryset.filter(**{field: self.chosen}) if self.chosen is not None else queryset

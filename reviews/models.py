@@ -573,6 +573,12 @@ class FeedbackItem(models.Model):
         }
 
     @property
+    def merge_key(self) -> tuple[str, str]:
+        """Two reviewers' items are the same one when this is: same kind, same words (case and a final full
+        stop ignored). The approver's merged form and the approval's agreement count both go by it."""
+        return self.kind, " ".join(self.text.lower().split()).rstrip(".")
+
+    @property
     def has_citation(self) -> bool:
         return bool(self.citation_span_id or self.citation_artifact)
 

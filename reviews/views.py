@@ -12,9 +12,10 @@ from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import trigger_client_event
 
 from loopsite.roles import APPROVER, ENGINEER, REVIEWER, has_role, require_role
+from runs.forms import AgentFilterForm
 from runs.models import Run
 
-from .forms import AgentFilterForm, AssignForm, FeedbackDraft, NewCycleForm, SendBackForm, TraceCycleForm, merged_content
+from .forms import AssignForm, FeedbackDraft, NewCycleForm, SendBackForm, TraceCycleForm, merged_content
 from .models import (
     Cycle,
     Feedback,

@@ -248,3 +248,23 @@ class AgentWebhookForm(forms.Form):
 
     def clean_url(self):
         return clean_http_url(self, "url")
+
+
+class AgentFilterForm(forms.Form):
+    """The GET filter of the lists that span agents (cycles, suite, versions): one agent's (invalid values
+    are ignored)."""
+
+    agent = forms.ModelChoiceField(queryset=None, to_field_name="slug", required=False, empty_label="Any agent")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["agent"].queryset = Agent.objects.only("id", "name", "slug")
+
+    @property
+    def chosen(self):
+        """The chosen agent, or None (no choice or an unknown one). Not `agent`: that is the field."""
+        return self.cleaned_data.get("agent") if self.is_bound and self.is_valid() else None
+
+    def filter(self, queryset, field: str):
+        """`queryset` narrowed to the agent (`field` leads from its rows to the agent)."""
+        return queryset.filter(**{field: self.chosen}) if self.chosen is not None else queryset

@@ -19,6 +19,7 @@ from loopsite.roles import APPROVER, ENGINEER, REVIEWER, has_role, role_required
 
 from . import display, promotion
 from .handoffs import DraftError, latest_handoff_for, request_draft
+from .forms import AgentFilterForm
 from .harness_forms import HarnessPairForm, HarnessVersionForm, PromoteForm
 from .models import Dataroom, Harness, HarnessDraft, HarnessFrozenError, HarnessStateError, Question, Run
 from .promotion import PromotionRefused
@@ -37,23 +38,30 @@ reader_required = role_required(REVIEWER, APPROVER, ENGINEER)
 @reader_required
 @require_GET
 def harness_list(request):
+    """Every version (or one agent's: ?agent=slug), as a tree, with the pass rate of each on its agent's suite."""
+    agent_filter = AgentFilterForm(request.GET or None)
     # Meta.ordering does not apply to GROUP BY queries: order explicitly.
     harnesses = list(
-        Harness.objects.select_related("parent", "author").annotate(run_count=Count("runs"))
-        .defer("system_prompt", "parent__system_prompt").order_by("-created_at", "-id")
+        agent_filter.filter(Harness.objects.select_related("parent", "author", "agent"), "agent")
+        .annotate(run_count=Count("runs")).defer("system_prompt", "parent__system_prompt").order_by("-created_at", "-id")
     )
-    history = promotion.pass_rate_history()  # one point per version, on the current suite
+    agent_of = {h.version: h.agent_id for h in harnesses}
+    # One point per version, on its agent's current suite; only the versions listed.
+    history = [point for point in promotion.pass_rate_history() if point.version in agent_of]
     latest_rate = {point.version: point for point in history}
     rows = version_tree(harnesses)
     for row in rows:
         row.gate = latest_rate.get(row.harness.version)
-    promoted = next((h for h in harnesses if h.status == Harness.Status.PROMOTED), None)
+    # One line is one agent's: with points of several agents and no agent chosen, the chart waits for a choice.
+    chart_agents = {agent_of[point.version] for point in history}
     newest = harnesses[0] if harnesses else None
     context = {
         "harnesses": harnesses,
         "tree": rows,
-        "chart": pass_rate_chart(history),
-        "promoted": promoted,
+        "agent_filter": agent_filter,
+        "chart": pass_rate_chart(history) if len(chart_agents) <= 1 else None,
+        "chart_agents": len(chart_agents),
+        "promoted_versions": [h for h in harnesses if h.status == Harness.Status.PROMOTED],  # one per agent
         "diff_a": (newest.parent.version if newest and newest.parent else newest.version if newest else ""),
         "diff_b": newest.version if newest else "",
         "is_engineer": has_role(request.user, ENGINEER),

@@ -53,6 +53,44 @@ def test_engineers_get_new_version_links_and_the_cycle_button(client_for, engine
     assert "Start a new cycle on v002</button>" in html
 
 
+@pytest.fixture
+def two_agents(engineer, tree):
+    """The built-in agent's tree, and an external agent with versions 1.0 (promoted) and 2.0 from its traces."""
+    from runs.models import Agent
+
+    bot = Agent.create_external(by=engineer, name="Support bot")[0]
+    old = bot.harness_for_version("1.0")
+    Harness.objects.filter(pk=old.pk).update(status=Harness.Status.PROMOTED)
+    return bot, old, bot.harness_for_version("2.0")
+
+
+def test_the_versions_page_filters_by_agent(client_for, engineer, two_agents, monkeypatch):
+    bot, old, new = two_agents
+    monkeypatch.setattr(promotion, "pass_rate_history", lambda: [
+        PassRatePoint(version="v002", pass_rate=0.8, passed=4, total=5, at=T0, label="5 of 5", suite_size=5),
+        PassRatePoint(version=old.version, pass_rate=0.5, passed=1, total=2, at=T0, label="2 of 2", suite_size=2),
+        PassRatePoint(version=new.version, pass_rate=1.0, passed=2, total=2, at=T0, label="2 of 2", suite_size=2),
+    ])
+    client = client_for(engineer)
+    everything = client.get(LIST)
+    assert len(everything.context["tree"]) == 6
+    html = everything.content.decode()
+    # Two agents' suites are not one line: the chart waits for a choice; each agent's promoted version has its button.
+    assert 'data-testid="choose-agent"' in html and "<svg" not in html
+    assert "Start a new cycle on v002</button>" in html and f"Start a new cycle on {old.version}</button>" in html
+
+    mine = client.get(LIST, {"agent": bot.slug})
+    assert [row.harness.version for row in mine.context["tree"]] == [old.version, new.version]
+    html = mine.content.decode()
+    assert html.count("<circle ") == 2 and f"<title>{new.version}: 2/2 passed (100%) on 2 of 2</title>" in html
+    assert "v002" not in html.split('data-testid="pass-rate-chart"')[1].split("</svg>")[0]
+    assert f"Start a new cycle on {old.version}</button>" in html and "Start a new cycle on v002" not in html
+    assert f'<option value="{bot.slug}" selected>' in html
+
+    unknown = client.get(LIST, {"agent": "no-such-agent"})  # ignored, as on the other lists
+    assert unknown.status_code == 200 and len(unknown.context["tree"]) == 6
+
+
 def test_the_compare_form_defaults_to_the_newest_version_and_its_parent(client_for, reviewer, tree):
     html = client_for(reviewer).get(LIST).content.decode()
     assert '<select name="a"><option value="v004">v004</option><option value="v003">v003</option><option value="v002" selected>' in html

@@ -27,7 +27,7 @@ def test_the_list_shows_version_status_parent_and_runs(client_for, reviewer, dja
     make_run(harness=v2)
     client = client_for(reviewer)
     client.get(reverse("runs:harness-list"))
-    with django_assert_max_num_queries(5):  # session, user, roles, versions, gate pass rates
+    with django_assert_max_num_queries(6):  # session, user, roles, versions, gate pass rates, the agent filter
         response = client.get(reverse("runs:harness-list"))
     html = response.content.decode()
     assert [(h.version, h.run_count) for h in response.context["harnesses"]] == [("v002", 2), ("v001", 0)]
