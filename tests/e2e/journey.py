@@ -192,6 +192,7 @@ def _add_row(page: Page, kind: str, text: str) -> None:
     label = "+ Add observation" if kind == "required_observation" else "+ Add prohibited claim"
     page.get_by_role("button", name=label).click()
     expect(rows).to_have_count(before + 1)
+    expect(page.locator(".htmx-settling")).to_have_count(0)  # settled: htmx has moved the focus to the new row
     new = rows.nth(before).locator("[name=item_text]")
     new.fill(text)
 

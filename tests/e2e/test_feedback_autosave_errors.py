@@ -19,6 +19,10 @@ def test_a_refused_autosave_is_shown_and_the_text_is_kept(page, login, live_serv
     page.goto(f"{live_server.url}/cycles/{cycle.pk}/runs/{run.pk}/feedback/")
     page.get_by_role("button", name="+ Add observation").click()
     expect(page.locator(".fb-row")).to_have_count(1)
+    # htmx focuses the new row (autofocus) as it settles, a moment after the swap: text typed into the summary
+    # before then would land in the row. Settled: no element carries htmx's settling class any more.
+    expect(page.locator(".htmx-settling")).to_have_count(0)
+    expect(page.locator("[name=item_text]")).to_be_focused()
 
     # The header fields plus one row are more fields than this server now accepts.
     settings.DATA_UPLOAD_MAX_NUMBER_FIELDS = 8
