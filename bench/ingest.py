@@ -159,10 +159,23 @@ def measure_ingest(app, procs, *, args, spans, agent, token, session) -> int:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.trace.export import SpanExportResult
 
+    import requests
+
     url = f"{app.base_url}/v1/traces"
     batches = [spans[i:i + args.batch] for i in range(0, len(spans), args.batch)]
-    exporters = [OTLPSpanExporter(endpoint=url, headers={"Authorization": f"Bearer {token}"}, timeout=120)
-                 for _ in range(args.senders)]
+    first_sent: list[float] = []
+
+    class Timed(requests.Session):
+        """The exporter's own HTTP session, noting when the first request goes out (after the SDK encoded
+        its batch): the clock starts at the first byte sent, as the goal says."""
+
+        def request(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+            if not first_sent:
+                first_sent.append(time.monotonic())
+            return super().request(*args, **kwargs)
+
+    exporters = [OTLPSpanExporter(endpoint=url, headers={"Authorization": f"Bearer {token}"}, timeout=120,
+                                  session=Timed()) for _ in range(args.senders)]
     failures = []
 
     def send(index: int) -> None:
@@ -170,14 +183,14 @@ def measure_ingest(app, procs, *, args, spans, agent, token, session) -> int:
         if result != SpanExportResult.SUCCESS:
             failures.append(index)
 
-    first_byte = time.monotonic()
+    began = time.monotonic()
     with ThreadPoolExecutor(max_workers=args.senders) as pool:
         list(pool.map(send, range(len(batches))))
     while Span.objects.filter(run__agent=agent).count() < len(spans):
-        if time.monotonic() - first_byte > 600 or failures:
+        if time.monotonic() - began > 600 or failures:
             break
-        time.sleep(0.05)
-    elapsed = time.monotonic() - first_byte
+        time.sleep(0.01)
+    elapsed = time.monotonic() - (first_sent[0] if first_sent else began)
     sampling.set()
     sampler.join()
     stored = Span.objects.filter(run__agent=agent).count()
@@ -190,8 +203,6 @@ def measure_ingest(app, procs, *, args, spans, agent, token, session) -> int:
     print("Peak RSS while sending (idle before):")
     for name in procs:
         print(f"  {name:<8} {peaks[name] / 1024:7.1f} MB  (idle {idle[name] / 1024:.1f} MB)")
-
-    import requests
 
     run = Run.objects.filter(agent=agent).order_by("pk").first()
     assert run.spans.count() == 1 + LLM_SPANS + TOOL_SPANS
