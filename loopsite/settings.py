@@ -295,6 +295,9 @@ AUTO_HALO = env_bool("AUTO_HALO", default=True)
 WEBHOOK_MAX_ATTEMPTS = max(1, env_int("WEBHOOK_MAX_ATTEMPTS", 5))
 WEBHOOK_RETRY_SECONDS = env_float("WEBHOOK_RETRY_SECONDS", 5.0)
 WEBHOOK_TIMEOUT_SECONDS = env_float("WEBHOOK_TIMEOUT_SECONDS", 10.0)
+# Webhooks and agents' HTTP endpoints are never called at link-local, multicast or unspecified addresses
+# (loopsite/outbound.py); with 0, loopback and private addresses are refused too.
+OUTBOUND_ALLOW_PRIVATE = env_bool("OUTBOUND_ALLOW_PRIVATE", True)
 
 LOGGING = {
     "version": 1,

@@ -22,6 +22,7 @@ from typing import Any
 
 from django.conf import settings
 
+from loopsite import outbound
 from runs.models import Agent
 
 from .gate import GateError, Plan, _fail, _promptfoo, _store
@@ -99,6 +100,8 @@ def run_endpoint_gate(gate_run: GateRun) -> None:
     if not agent.has_endpoint:
         raise GateError(f"{agent.name} has no HTTP endpoint registered any more: register it on the agent's page, "
                         f"then re-run this gate run.")
+    if refused := outbound.refusal(agent.endpoint_url):
+        raise GateError(f"{refused} Register another endpoint on the agent's page, then re-run this gate run.")
     plan = plan_endpoint_gate(gate_run)
     if not plan.tested:
         raise GateError(f"Nothing to evaluate: the regression suite has no approved case of {agent.name}.")

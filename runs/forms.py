@@ -5,6 +5,7 @@ from django import forms
 from django.conf import settings
 from django.template.defaultfilters import filesizeformat
 
+from loopsite import outbound
 from loopsite.forms import BoundedIntegerField, BoundedModelMultipleChoiceField
 
 from .models import Agent, Dataroom, Harness, Question, Run
@@ -171,6 +172,8 @@ def clean_http_url(form: forms.Form, name: str) -> str:
     url = form.cleaned_data[name].strip()
     if not url.lower().startswith(("http://", "https://")):
         raise forms.ValidationError(f"{form.fields[name].label}: only http:// and https:// URLs can be called.")
+    if refused := outbound.literal_refusal(url):
+        raise forms.ValidationError(f"{form.fields[name].label}: {refused}")
     return url
 
 

@@ -29,6 +29,8 @@ from typing import Any
 
 from django.conf import settings
 
+from loopsite import outbound
+
 from .models import Agent, WebhookDelivery
 
 log = logging.getLogger(__name__)
@@ -105,6 +107,10 @@ def deliver(*, delivery: WebhookDelivery) -> None:
     attempt, agent = delivery.attempts, delivery.agent
     if not agent.webhook_url or not agent.webhook_secret:
         delivery.fail("The webhook was removed before this event could be sent.", attempt=attempt)
+        return
+    if refused := outbound.refusal(agent.webhook_url):
+        delivery.fail(f"{refused} Change the webhook's URL on the agent's page.", attempt=attempt,
+                      url=agent.webhook_url)
         return
     body, timestamp = delivery.body(), str(int(time.time()))
     code, error = _post(agent.webhook_url, body=body, headers={

@@ -162,6 +162,8 @@ def test_a_candidate_is_evaluated_through_the_agents_http_endpoint(client_for, e
 @pytest.mark.parametrize(("extra", "message"), [
     ({"endpoint_url": "ftp://example.com/agent"}, "Endpoint URL: only http:// and https://"),
     ({"endpoint_url": "not a url"}, "Endpoint URL: enter a full"),
+    ({"endpoint_url": "http://169.254.169.254/agent"}, "Endpoint URL: Loopsite does not call "
+     "http://169.254.169.254/agent: 169.254.169.254 is a link-local address"),
     ({"body": '{"input": "{{input}"'}, "JSON body template: not valid JSON"),
     ({"body": '{"input": "hello"}'}, "put {{input}} in a string value"),
     ({"response_path": "choices[0]"}, "Answer field"),
@@ -198,3 +200,21 @@ def test_the_endpoint_keeps_its_header_value_and_can_be_removed(client_for, engi
     agent.refresh_from_db()
     assert not agent.has_endpoint and agent.endpoint_header_value == "" and agent.endpoint_header_name == ""
     assert AuditEvent.objects.filter(action="agent.endpoint").count() == 3
+
+
+def test_an_endpoint_whose_name_resolves_to_a_refused_address_is_not_called(engineer, settings):
+    """Checked when the candidate is evaluated, after resolving the name (`localhost`: 127.0.0.1, refused once
+    loopback addresses are): the gate run fails with the reason before promptfoo calls anything."""
+    from types import SimpleNamespace
+
+    from reviews.endpoint import run_endpoint_gate
+    from reviews.gate import GateError
+
+    agent = Agent.create_external(by=engineer, name="Support bot")[0]
+    agent.set_endpoint(by=engineer, url="http://localhost:9/chat", body='{"input": "{{input}}"}',
+                       response_path="output")
+    settings.OUTBOUND_ALLOW_PRIVATE = False
+    gate_run = SimpleNamespace(harness=SimpleNamespace(agent_id=agent.pk))
+    with pytest.raises(GateError, match=r"Loopsite does not call http://localhost:9/chat: localhost resolves to "
+                                        r"127\.0\.0\.1, a loopback or private address"):
+        run_endpoint_gate(gate_run)

@@ -238,3 +238,26 @@ def test_the_agent_page_lists_the_last_deliveries(agent, client_for, engineer, r
     page = client_for(engineer).get(agent.get_absolute_url()).content.decode()
     assert 'data-testid="deliveries"' in page and "version.refused" in page and "HTTP 410" in page
     assert agent.webhook_secret not in page and agent.webhook_secret_hint in page
+
+
+def test_a_name_that_resolves_to_a_refused_address_is_not_called(agent, receiver, sent, work_off, settings,
+                                                                  django_capture_on_commit_callbacks):
+    """Checked as the call is made, after resolving the name: `localhost` is 127.0.0.1, refused once loopback
+    addresses are (OUTBOUND_ALLOW_PRIVATE=0). Nothing is POSTed and nothing is retried."""
+    settings.OUTBOUND_ALLOW_PRIVATE = False
+    local = receiver.url.replace("127.0.0.1", "localhost")
+    type(agent).objects.filter(pk=agent.pk).update(webhook_url=local)
+    with django_capture_on_commit_callbacks(execute=True):
+        refused = webhooks.notify(agent=agent, event=WebhookDelivery.Event.VERSION_PROMOTED, data={})
+    assert work_off() == [None]
+    refused.refresh_from_db()
+    assert (refused.status, refused.attempts, refused.response_code) == ("failed", 1, None)
+    assert f"Loopsite does not call {local}: localhost resolves to 127.0.0.1, a loopback" in refused.last_error
+    assert receiver.posts == []
+
+    settings.OUTBOUND_ALLOW_PRIVATE = True  # the default: an automation beside Loopsite is reached
+    with django_capture_on_commit_callbacks(execute=True):
+        allowed = webhooks.notify(agent=agent, event=WebhookDelivery.Event.VERSION_PROMOTED, data={})
+    work_off()
+    allowed.refresh_from_db()
+    assert allowed.status == "succeeded" and len(receiver.posts) == 1

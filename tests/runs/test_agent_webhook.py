@@ -55,6 +55,11 @@ def test_setting_a_webhook_shows_its_secret_once(client_for, engineer, agent):
     ("ftp://automation.example.com/hook", "Webhook URL: only http:// and https:// URLs can be called."),
     ("not a url", "Webhook URL: enter a full http:// or https:// URL."),
     ("", "Webhook URL: enter the URL Loopsite should POST events to."),
+    ("http://169.254.169.254/latest/meta-data/", "Webhook URL: Loopsite does not call "
+     "http://169.254.169.254/latest/meta-data/: 169.254.169.254 is a link-local address"),
+    ("http://[::ffff:169.254.169.254]/", "is a link-local address"),
+    ("http://[fe80::1]/hook", "fe80::1 is a link-local address"),
+    ("http://0.0.0.0:8000/hook", "0.0.0.0 is not an address a call can go to"),
 ])
 def test_a_bad_url_is_refused_with_the_field_named(client_for, engineer, agent, url, message):
     response = post(client_for(engineer), agent, url=url)
