@@ -18,8 +18,8 @@ import base64
 import json
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import lru_cache
 from datetime import datetime, timezone as dt_timezone
+from functools import lru_cache
 from typing import Any, Iterable
 
 from django.conf import settings
@@ -839,25 +839,23 @@ def _db_time(value: Any) -> Any:
 
 
 def _insert_spans(rows: list[tuple]) -> None:
-    """Many span rows in one executemany: the ORM's bulk_create spends most of the ingest time building
-    its statement, and the JSON is already serialised here."""
+    """Many span rows at once, their JSON already serialised: COPY on PostgreSQL (a third less time than
+    INSERTs), one executemany elsewhere. (The ORM's bulk_create spent most of the ingest time building its
+    statement.)"""
     if not rows:
         return
     quote = connection.ops.quote_name
+    table, columns = quote(Span._meta.db_table), ", ".join(quote(c) for c in _SPAN_COLUMNS)
     if connection.vendor == "postgresql":
-        # COPY: a third less time in PostgreSQL than the same rows as an executemany of INSERTs.
-        columns = ", ".join(quote(c) for c in _SPAN_COLUMNS)
         # psycopg's own cursor, so its errors are turned into Django's here (DatabaseError and kin).
         with connection.cursor() as cursor, connection.wrap_database_errors, cursor.cursor.copy(
-                f"COPY {quote(Span._meta.db_table)} ({columns}) FROM STDIN") as copy:
+                f"COPY {table} ({columns}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
         return
-    data = "%s::jsonb" if connection.vendor == "postgresql" else "%s"
-    sql = (f"INSERT INTO {quote(Span._meta.db_table)} ({', '.join(quote(c) for c in _SPAN_COLUMNS)}) "
-           f"VALUES ({', '.join(['%s'] * (len(_SPAN_COLUMNS) - 1) + [data])})")
     with connection.cursor() as cursor:
-        cursor.executemany(sql, rows)
+        cursor.executemany(f"INSERT INTO {table} ({columns}) VALUES ({', '.join(['%s'] * len(_SPAN_COLUMNS))})",
+                           rows)
 
 
 def store_lines(*, agent: Agent, lines: Iterable[dict[str, Any]], user=None) -> Outcome:  # noqa: ANN001
