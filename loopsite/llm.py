@@ -13,6 +13,7 @@ from runs). The agent and HALO children and promptfoo's judge take the same spec
 
 import json
 import re
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,11 +70,28 @@ def openai_client(*, timeout: float = 120.0, max_retries: int = 2):
     429 / 503 (see the module docstring)."""
     from openai import DefaultHttpxClient, OpenAI
 
+    _build_answer_models()
     ep = endpoint()
     limits = model_limits(lease_seconds=timeout * (max_retries + 1) + 30)
     http_client = DefaultHttpxClient(transport=limited_transport(limits, base_url=ep.base_url), timeout=timeout)
     return OpenAI(base_url=ep.base_url, api_key=ep.api_key, timeout=timeout, max_retries=max_retries,
                   http_client=http_client)
+
+
+_answer_models = threading.Lock()
+
+
+def _build_answer_models() -> None:
+    """openai's response models build their pydantic schema on first use. Two threads that parse their first
+    answer at once can see it half built ("type object 'Response' has no attribute '__pydantic_core_schema__'"),
+    so the first client builds them, under a lock, before any answer arrives (about 30 ms, once per process)."""
+    from openai.types.chat import ChatCompletion
+    from openai.types.responses import Response
+
+    with _answer_models:
+        for model in (Response, ChatCompletion):
+            if not model.__pydantic_complete__:
+                model.model_rebuild()
 
 
 class SchemaError(ValueError):

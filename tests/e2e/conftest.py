@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import time
 
 import pytest
 
@@ -40,7 +41,17 @@ def page(browser):
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     context.set_default_timeout(15_000)
     page = context.new_page()
+    in_flight = set()
+    page.on("request", lambda request: in_flight.add(request))  # Playwright takes Python functions only
+    page.on("requestfinished", lambda request: in_flight.discard(request))
+    page.on("requestfailed", lambda request: in_flight.discard(request))
     yield page
+    # A request the page sent as the test ended (an autosave, a poll) is still being answered by the live server:
+    # wait for its answer before the database is emptied for the next test. On PostgreSQL the emptying (TRUNCATE)
+    # and that request's writes otherwise deadlock, and the flush fails.
+    deadline = time.monotonic() + 15
+    while in_flight and time.monotonic() < deadline:
+        page.wait_for_timeout(50)
     context.close()
 
 

@@ -95,3 +95,28 @@ def test_the_proxy_answers_an_unreachable_endpoint_at_once_with_the_reason(setti
         answer = httpx.post(f"{proxy.url}/chat/completions", json={"model": "m"}, timeout=10)
     assert time.monotonic() - started < 5
     assert answer.status_code == 502 and "ECONNREFUSED" in answer.json()["error"]["message"]
+
+
+def test_the_first_client_builds_the_answer_models_before_any_thread_parses_one():
+    """openai's models build their schema on first use; threads parsing their first answers at once once saw
+    one half built (AttributeError: 'Response' has no attribute '__pydantic_core_schema__', in CI). In a fresh
+    interpreter the models start unbuilt, and making the first client builds them."""
+    import os
+    import subprocess
+    import sys
+
+    from django.conf import settings as django_settings
+
+    script = (
+        "import django, os; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'loopsite.settings'); django.setup()\n"
+        "from openai.types.chat import ChatCompletion\n"
+        "from openai.types.responses import Response\n"
+        "before = (Response.__pydantic_complete__, ChatCompletion.__pydantic_complete__)\n"
+        "from loopsite.llm import openai_client\n"
+        "openai_client()\n"
+        "print(before, (Response.__pydantic_complete__, ChatCompletion.__pydantic_complete__))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          cwd=django_settings.BASE_DIR, env={**os.environ, "DJANGO_DEBUG": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "(False, False) (True, True)"
