@@ -57,8 +57,8 @@ def refusal(url: str) -> str:
     host = _host(url)
     if not host:
         return f"Loopsite does not call {url}: it names no host."
-    if kind := _address_refusal(host):
-        return f"Loopsite does not call {url}: {host} is {kind}."
+    if refused := literal_refusal(url):
+        return refused
     try:
         addresses = sorted({info[4][0] for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)})
     except (OSError, UnicodeError):

@@ -239,12 +239,13 @@ def latest_comparison(candidate: Harness) -> Comparison | None:
 # --- the versions chart ------------------------------------------------------------------------------------
 
 
-def version_pass_rates() -> list[PassRatePoint]:
+def version_pass_rates(agent=None) -> list[PassRatePoint]:  # noqa: ANN001
     """One point per harness version, oldest version first: its pass rate on its agent's CURRENT suite, from
     the latest verdict per case among its succeeded gate runs (rows with an error have no verdict and are
-    skipped), with the number of cases it was measured on. [] until a version has a verdict."""
+    skipped), with the number of cases it was measured on. [] until a version has a verdict. `agent`: only
+    that agent's versions."""
     suites: dict[int, set[int]] = defaultdict(set)  # agent id -> its suite's case ids
-    for case_id, agent_id in suite_cases().values_list("pk", "source_run__agent_id"):
+    for case_id, agent_id in suite_cases(agent=agent).values_list("pk", "source_run__agent_id"):
         suites[agent_id].add(case_id)
     if not suites:
         return []

@@ -45,15 +45,15 @@ def harness_list(request):
         agent_filter.filter(Harness.objects.select_related("parent", "author", "agent"), "agent")
         .annotate(run_count=Count("runs")).defer("system_prompt", "parent__system_prompt").order_by("-created_at", "-id")
     )
-    agent_of = {h.version: h.agent_id for h in harnesses}
-    # One point per version, on its agent's current suite; only the versions listed.
-    history = [point for point in promotion.pass_rate_history() if point.version in agent_of]
+    # One point per version (of the chosen agent), on its agent's current suite.
+    history = promotion.pass_rate_history(agent=agent_filter.chosen)
     latest_rate = {point.version: point for point in history}
     rows = version_tree(harnesses)
     for row in rows:
         row.gate = latest_rate.get(row.harness.version)
     # One line is one agent's: with points of several agents and no agent chosen, the chart waits for a choice.
-    chart_agents = {agent_of[point.version] for point in history}
+    agent_of = {h.version: h.agent_id for h in harnesses}
+    chart_agents = {agent_of.get(point.version) for point in history}
     newest = harnesses[0] if harnesses else None
     context = {
         "harnesses": harnesses,

@@ -974,7 +974,7 @@ def _create_runs(*, agent: Agent, user, harnesses: dict, questions: dict[str, Qu
             Run.objects.bulk_create(runs)
     except IntegrityError:
         return {}
-    if any(run.pk is None for run in runs):  # a database that returns no ids from a bulk INSERT
+    if any(run.pk is None for run in runs):  # SQLite before 3.35 returns no ids from a bulk INSERT
         ids = dict(Run.objects.filter(agent=agent, trace_id__in=[run.trace_id for run in runs])
                    .values_list("trace_id", "pk"))
         for run in runs:

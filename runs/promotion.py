@@ -26,7 +26,7 @@ The pass rates and their delta are measured on the cases that have a verdict on 
 Two readers of the gate's results, both filled in by reviews/ (which knows the gate) when it loads,
 so that runs/ never imports reviews/ (loopsite.hooks, provided in reviews/apps.py):
 - `comparison_for(candidate)`: the comparison the harness page offers to promote with;
-- `pass_rate_history()`: one point per harness version, its pass rate on the current suite.
+- `pass_rate_history(agent=None)`: one point per harness version (of one agent), its pass rate on the current suite.
 Each returns nothing (None, []) until gate results exist.
 """
 
@@ -292,5 +292,6 @@ class PassRatePoint:
     suite_size: int = 0
 
 
-# One PassRatePoint per harness version, oldest version first; [] until gate results exist.
-pass_rate_history = Hook(default=list)
+# One PassRatePoint per harness version (`agent=`: of that agent only), oldest version first; [] until gate
+# results exist.
+pass_rate_history = Hook(default=lambda agent=None: [])

@@ -6,7 +6,7 @@ from django.urls import reverse
 from loopsite.models import AuditEvent
 from reviews.models import Cycle
 from runs import harness_views, promotion, tasks
-from runs.models import Batch, Harness, Run
+from runs.models import Agent, Batch, Harness, Run
 from runs.promotion import PassRatePoint
 from runs.versions import pass_rate_chart
 
@@ -66,11 +66,13 @@ def two_agents(engineer, tree):
 
 def test_the_versions_page_filters_by_agent(client_for, engineer, two_agents, monkeypatch):
     bot, old, new = two_agents
-    monkeypatch.setattr(promotion, "pass_rate_history", lambda: [
+    points = [
         PassRatePoint(version="v002", pass_rate=0.8, passed=4, total=5, at=T0, label="5 of 5", suite_size=5),
         PassRatePoint(version=old.version, pass_rate=0.5, passed=1, total=2, at=T0, label="2 of 2", suite_size=2),
         PassRatePoint(version=new.version, pass_rate=1.0, passed=2, total=2, at=T0, label="2 of 2", suite_size=2),
-    ])
+    ]
+    monkeypatch.setattr(promotion, "pass_rate_history", lambda agent=None: [  # as the hook answers: one agent's
+        point for point in points if agent is None or Harness.objects.get(version=point.version).agent_id == agent.pk])
     client = client_for(engineer)
     everything = client.get(LIST)
     assert len(everything.context["tree"]) == 6
@@ -103,7 +105,7 @@ def test_without_gate_results_there_is_no_chart(client_for, reviewer, tree):
 
 
 def test_gate_pass_rates_are_drawn_as_an_svg_chart(client_for, reviewer, tree, monkeypatch):
-    monkeypatch.setattr(promotion, "pass_rate_history", lambda: [
+    monkeypatch.setattr(promotion, "pass_rate_history", lambda agent=None: [
         PassRatePoint(version="v001", pass_rate=0.4, passed=2, total=5, at=T0, label="5 of 6 suite cases", suite_size=6),
         PassRatePoint(version="v002", pass_rate=0.8, passed=4, total=5, at=T0 + timedelta(days=1),
                       label="5 of 6 suite cases", suite_size=6),
@@ -166,6 +168,9 @@ def test_the_history_is_one_point_per_version_on_the_current_suite(django_assert
         ("v002", 3, 4, 4, "4 of 4 suite cases"),
     ]
     assert history[0].pass_rate == pytest.approx(1 / 3) and history[0].at == T0 + timedelta(days=2)
+    assert promotion.pass_rate_history(agent=v1.agent) == history  # every version here is the built-in agent's
+    other = Agent.objects.create(name="Other bot", slug="other-bot", kind=Agent.Kind.EXTERNAL)
+    assert promotion.pass_rate_history(agent=other) == []
 
 
 def test_the_versions_page_draws_one_point_per_version(client_for, reviewer):
